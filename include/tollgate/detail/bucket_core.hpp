@@ -1,0 +1,311 @@
+#pragma once
+// BucketCore: the token-bucket arithmetic and the FIFO waiter queue, as pure
+// functions of an explicit `now`. No clock, no lock: the caller holds the lock.
+//
+// Representation (GCRA, "virtual scheduling"): instead of a token count and a
+// last-refill time, the bucket keeps one instant `tat_`: the time up to which
+// every admitted or queued cost has been paid for. Tokens accrue at `rate_`,
+// so the bucket holds `min(capacity, rate * (now - tat_))` unreserved tokens.
+// An acquisition of cost c needs `interval(c) = c / rate` of refill time:
+//
+//     base = max(tat_, now - tau_)          // tau_ = interval(capacity): "full"
+//     if base + interval(c) <= now  -> admitted, tat_ = base + interval(c)
+//     else                          -> due at base + interval(c)
+//
+// Refill is implicit (no per-call rounding, no drift), time never has to be
+// re-read under the lock, and a smaller `now` can never re-credit time because
+// `tat_` only moves forward (and `now` is clamped to the largest seen anyway).
+//
+// Queued waiters have their cost reserved in `tat_` at arrival, in arrival
+// order, so their due instants are contiguous: the head is due at
+// `tat_ - queued_ + head.interval`, the next one `interval` later, and so on.
+// Nothing per waiter needs re-timing when one leaves: removing a pending waiter
+// subtracts its interval from `tat_` and `queued_`, and every later waiter moves
+// up by exactly that much, as if it had never arrived.
+
+#include <cmath>
+#include <cstddef>
+
+#include "../limit.hpp"
+#include "../result.hpp"
+#include "fine_time.hpp"
+#include "waiter.hpp"
+
+namespace tollgate::detail {
+
+/// What `BucketCore::admit` did with a request.
+struct Admission {
+  AcquireResult result;  // acquired / not_now / never / invalid, or ...
+  bool queued = false;   // ... true: the waiter was queued; result is unused
+  fine_t due = 0;        // when queued: the instant it will be granted
+};
+
+/// What `BucketCore::remove` found.
+enum class Removal {
+  removed,     // it was queued; its cost is back in the bucket (or refunded)
+  granted,     // it was already granted; the timer side will complete it
+  not_queued,  // it was never queued, or already completed
+};
+
+/// Checks a per-call cost. Returns `acquired` when usable.
+inline AcquireResult check_cost(double cost, double capacity) noexcept {
+  if (cost >= 0 && cost <= capacity) [[likely]]
+    return AcquireResult::acquired();
+  if (std::isnan(cost)) return AcquireResult::failed(Status::invalid, "cost is NaN", cost);
+  if (cost < 0) return AcquireResult::failed(Status::invalid, "cost is negative", cost);
+  if (std::isinf(cost)) return AcquireResult::failed(Status::invalid, "cost is infinite", cost);
+  return AcquireResult::failed(Status::never, "cost exceeds capacity", cost, capacity);
+}
+
+class BucketCore {
+ public:
+  /// A full bucket at relative time 0. `limit` must be valid.
+  explicit BucketCore(const Limit& limit) noexcept {
+    apply(limit);
+    tat_ = -tau_;
+  }
+
+  const Limit& limit() const noexcept { return limit_; }
+  double capacity() const noexcept { return limit_.capacity; }
+  double rate() const noexcept { return limit_.rate; }
+
+  /// The largest relative instant a wait may end at (set from the clock's range).
+  void set_horizon(fine_t horizon) noexcept { horizon_ = horizon; }
+
+  /// Refill time of `cost` in fine units, rounded up. Cost must be valid.
+  fine_t interval(double cost) noexcept {
+    if (cost != last_cost_) {
+      last_cost_ = cost;
+      last_interval_ = fine_interval(cost, limit_.rate);
+    }
+    return last_interval_;
+  }
+
+  /// Clamps `now` to the latest instant seen and grants every pending waiter
+  /// that is due by then (moving it to the ready list). Returns the clamped now.
+  fine_t observe(fine_t now) noexcept {
+    if (now < last_now_) now = last_now_;
+    else last_now_ = now;
+    while (Waiter* w = pending_.front()) {
+      if (tat_ - queued_ + w->interval > now) break;
+      queued_ -= w->interval;
+      pending_.remove(*w);
+      w->place = WaiterPlace::ready;
+      w->outcome = Status::acquired;
+      ready_.push_back(*w);
+    }
+    return now;
+  }
+
+  /// Takes `cost` at `now` if it is there and nobody is queued. Never waits.
+  AcquireResult try_acquire(fine_t now, double cost) noexcept {
+    AcquireResult check = check_cost(cost, limit_.capacity);
+    if (!check) [[unlikely]]
+      return check;
+    if (!pending_.empty()) [[unlikely]]
+      now = observe(now);
+    else if (now < last_now_) [[unlikely]]
+      now = last_now_;
+    else
+      last_now_ = now;
+    const fine_t iv = interval(cost);
+    fine_t base = tat_;
+    if (base < now - tau_) base = now - tau_;
+    const fine_t end = base + iv;
+    if (end <= now && pending_.empty()) {
+      tat_ = end;
+      return AcquireResult::acquired();
+    }
+    // With waiters queued, `tat_ > now` already includes them: the newcomer
+    // would be served after all of them.
+    return AcquireResult::not_now(to_ns_ceil(end - now));
+  }
+
+  /// Like try_acquire, but when the tokens are not there and the wait would be
+  /// at most `max_wait`, queues `w` (FIFO) and reserves its cost.
+  Admission admit(fine_t now, Waiter& w, fine_t max_wait) noexcept {
+    AcquireResult check = check_cost(w.cost, limit_.capacity);
+    if (!check) [[unlikely]]
+      return {check};
+    now = observe(now);
+    const fine_t iv = interval(w.cost);
+    fine_t base = tat_;
+    if (base < now - tau_) base = now - tau_;
+    const fine_t end = base + iv;
+    if (end <= now && pending_.empty()) {
+      tat_ = end;
+      return {AcquireResult::acquired()};
+    }
+    const fine_t wait = end - now;
+    if (wait > max_wait) return {AcquireResult::not_now(to_ns_ceil(wait))};
+    if (end > horizon_)
+      return {AcquireResult::failed(Status::invalid, "wait would overflow the clock", w.cost)};
+    // pending_ non-empty implies base == tat_ (tat_ > now), so dues stay contiguous.
+    tat_ = end;
+    queued_ += iv;
+    w.interval = iv;
+    w.deadline = max_wait >= fine_max - now ? fine_max : now + max_wait;
+    w.place = WaiterPlace::pending;
+    pending_.push_back(w);
+    return {AcquireResult::acquired(), true, end};
+  }
+
+  /// Takes `w` out of the queue at `now`. A pending waiter's cost is given
+  /// back exactly (later waiters move up). A waiter already granted is left
+  /// alone (`granted`) unless `abandon`, in which case it is unlinked and its
+  /// cost refunded, capped at capacity.
+  Removal remove(fine_t now, Waiter& w, bool abandon) noexcept {
+    now = observe(now);
+    switch (w.place) {
+      case WaiterPlace::pending:
+        pending_.remove(w);
+        tat_ -= w.interval;
+        queued_ -= w.interval;
+        w.place = WaiterPlace::none;
+        observe(now);  // the waiters behind it moved up; some may be due now
+        return Removal::removed;
+      case WaiterPlace::ready:
+        if (!abandon) return Removal::granted;
+        ready_.remove(w);
+        w.place = WaiterPlace::none;
+        give_back(now, w.interval);
+        return Removal::removed;
+      case WaiterPlace::none:
+        break;
+    }
+    return Removal::not_queued;
+  }
+
+  /// Moves the granted waiters to `out` (to be completed outside the lock).
+  void take_ready(WaiterList& out) noexcept {
+    for (Waiter* w = ready_.front(); w; w = w->next) w->place = WaiterPlace::none;
+    out.splice_back(ready_);
+  }
+
+  /// When the scheduler must next run this bucket: now if some waiter is
+  /// granted but not completed, the head's due instant if some are pending,
+  /// `fine_max` if nobody waits.
+  fine_t next_wake() const noexcept {
+    if (!ready_.empty()) return last_now_;
+    if (Waiter* w = pending_.front()) return tat_ - queued_ + w->interval;
+    return fine_max;
+  }
+
+  /// Returns `cost` to the bucket, never above capacity; waiters move up.
+  /// Returns the amount actually credited. `cost` must be finite and >= 0.
+  double refund(fine_t now, double cost) noexcept {
+    now = observe(now);
+    const fine_t iv = interval(cost);
+    const fine_t credited = give_back(now, iv);
+    return credited == iv ? cost : static_cast<double>(credited) / fine_per_unit_;
+  }
+
+  /// Unreserved tokens at `now`: what a try_acquire could take, in [0, capacity].
+  double available(fine_t now) noexcept {
+    now = observe(now);
+    fine_t level = now - tat_;
+    if (level <= 0) return 0;
+    if (level >= tau_) return limit_.capacity;
+    return static_cast<double>(level) / fine_per_unit_;
+  }
+
+  /// True when the bucket is indistinguishable from a new full one at `now`.
+  bool is_fresh(fine_t now) noexcept {
+    now = observe(now);
+    return pending_.empty() && ready_.empty() && now - tat_ >= tau_;
+  }
+
+  std::size_t waiters() const noexcept { return pending_.size(); }
+
+  /// Settles the tokens accrued so far under the old limit, then applies
+  /// `limit` (already validated) and re-times the pending waiters in their
+  /// order. A waiter whose cost now exceeds the capacity finishes `never`; one
+  /// whose new due instant passes its deadline finishes `timed_out`. Finished
+  /// waiters are appended to `finished` (complete them outside the lock).
+  void reconfigure(fine_t now, const Limit& limit, WaiterList& finished) noexcept {
+    now = observe(now);
+    // Unreserved level (may be negative: a debt), capped at the old capacity.
+    fine_t start = tat_ - queued_;
+    if (start < now - tau_) start = now - tau_;
+    const double tokens = static_cast<double>(now - start) / fine_per_unit_;
+    apply(limit);
+    // Round the new level down (a debt up): reconfiguring never creates tokens.
+    start = now - floor_fine(tokens * fine_per_unit_);
+    if (start < now - tau_) start = now - tau_;
+    fine_t end = start;
+    WaiterList old;
+    old.splice_back(pending_);
+    queued_ = 0;
+    while (Waiter* w = old.pop_front()) {
+      if (w->cost > limit_.capacity) {
+        w->outcome = Status::never;
+      } else {
+        const fine_t iv = interval(w->cost);
+        if (end + iv > w->deadline || end + iv > horizon_) {
+          w->outcome = Status::timed_out;
+        } else {
+          w->interval = iv;
+          end += iv;
+          queued_ += iv;
+          pending_.push_back(*w);
+          continue;
+        }
+      }
+      w->place = WaiterPlace::none;
+      finished.push_back(*w);
+    }
+    tat_ = end;
+    observe(now);  // a faster rate may have made some waiters due already
+  }
+
+  /// Every pending and ready waiter, finished as `cancelled` (bucket teardown).
+  void cancel_all(WaiterList& finished) noexcept {
+    for (WaiterList* l : {&pending_, &ready_}) {
+      while (Waiter* w = l->pop_front()) {
+        if (w->place == WaiterPlace::pending) w->outcome = Status::cancelled;
+        w->place = WaiterPlace::none;
+        finished.push_back(*w);
+      }
+    }
+  }
+
+  // Introspection for tests and invariants.
+  fine_t tat() const noexcept { return tat_; }
+  fine_t tau() const noexcept { return tau_; }
+  fine_t queued() const noexcept { return queued_; }
+  double fine_per_unit() const noexcept { return fine_per_unit_; }
+
+ private:
+  void apply(const Limit& limit) noexcept {
+    limit_ = limit;
+    fine_per_unit_ = 1e9 * fine_per_ns_d / limit.rate;
+    tau_ = fine_interval(limit.capacity, limit.rate);
+    last_cost_ = -1;  // invalidate the interval cache
+  }
+
+  /// Moves `tat_` back by `iv`, keeping the unreserved level <= capacity.
+  fine_t give_back(fine_t now, fine_t iv) noexcept {
+    fine_t floor = now - tau_ + queued_;
+    fine_t target = tat_ - iv;
+    if (target < floor) target = floor;
+    if (target > tat_) target = tat_;
+    fine_t credited = tat_ - target;
+    tat_ = target;
+    observe(now);
+    return credited;
+  }
+
+  Limit limit_;
+  double fine_per_unit_ = 0;  // fine units of refill time per cost unit
+  fine_t tau_ = 0;            // refill time of a full bucket
+  fine_t tat_ = 0;            // paid-up-to instant, bucket-relative
+  fine_t queued_ = 0;         // sum of the pending waiters' intervals
+  fine_t last_now_ = 0;       // largest `now` seen (time never runs backwards)
+  fine_t horizon_ = fine_from_ns(std::int64_t{1} << 62);
+  double last_cost_ = -1;     // one-entry cache for interval()
+  fine_t last_interval_ = 0;
+  WaiterList pending_;        // queued, not yet due, FIFO
+  WaiterList ready_;          // granted, not yet completed, FIFO
+};
+
+}  // namespace tollgate::detail

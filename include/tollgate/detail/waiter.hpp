@@ -1,0 +1,87 @@
+#pragma once
+// Waiter: the intrusive FIFO node every waiting front-end embeds.
+
+#include <cstddef>
+#include <cstdint>
+
+#include "../result.hpp"
+#include "fine_time.hpp"
+
+namespace tollgate::detail {
+
+enum class WaiterPlace : std::uint8_t { none, pending, ready };
+
+/// One queued acquisition. The awaiter (or blocking-wait frame) *is* the node,
+/// so waiting allocates nothing. All fields but `on_complete` are guarded by the
+/// owning bucket's lock. `on_complete` runs outside every bucket lock, once.
+struct Waiter {
+  Waiter* prev = nullptr;
+  Waiter* next = nullptr;
+  double cost = 0;
+  fine_t interval = 0;         // cost in fine time at the current rate
+  fine_t deadline = fine_max;  // latest acceptable completion (fine, bucket-relative)
+  WaiterPlace place = WaiterPlace::none;
+  Status outcome = Status::acquired;
+  void (*on_complete)(Waiter*) noexcept = nullptr;
+
+  void complete() noexcept { on_complete(this); }
+};
+
+/// A doubly linked FIFO of Waiters. Does not own its nodes.
+class WaiterList {
+ public:
+  bool empty() const noexcept { return head_ == nullptr; }
+  Waiter* front() const noexcept { return head_; }
+  std::size_t size() const noexcept { return size_; }
+
+  void push_back(Waiter& w) noexcept {
+    w.next = nullptr;
+    w.prev = tail_;
+    if (tail_) tail_->next = &w;
+    else head_ = &w;
+    tail_ = &w;
+    ++size_;
+  }
+
+  void remove(Waiter& w) noexcept {
+    if (w.prev) w.prev->next = w.next;
+    else head_ = w.next;
+    if (w.next) w.next->prev = w.prev;
+    else tail_ = w.prev;
+    w.prev = w.next = nullptr;
+    --size_;
+  }
+
+  Waiter* pop_front() noexcept {
+    Waiter* w = head_;
+    if (w) remove(*w);
+    return w;
+  }
+
+  /// Moves every node of `other` to the back of this list, in order.
+  void splice_back(WaiterList& other) noexcept {
+    if (other.empty()) return;
+    if (tail_) {
+      tail_->next = other.head_;
+      other.head_->prev = tail_;
+    } else {
+      head_ = other.head_;
+    }
+    tail_ = other.tail_;
+    size_ += other.size_;
+    other.head_ = other.tail_ = nullptr;
+    other.size_ = 0;
+  }
+
+ private:
+  Waiter* head_ = nullptr;
+  Waiter* tail_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+/// Completes every node of `list` (outside any lock), in FIFO order.
+inline void complete_all(WaiterList& list) noexcept {
+  while (Waiter* w = list.pop_front()) w->complete();
+}
+
+}  // namespace tollgate::detail

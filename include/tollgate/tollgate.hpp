@@ -1,0 +1,11 @@
+#pragma once
+// tollgate: header-only C++20 token-bucket rate limiting. The umbrella header.
+
+#include "bucket_registry.hpp"  // IWYU pragma: export
+#include "limit.hpp"            // IWYU pragma: export
+#include "null_mutex.hpp"       // IWYU pragma: export
+#include "result.hpp"           // IWYU pragma: export
+#include "scheduler.hpp"        // IWYU pragma: export
+#include "timer_thread_scheduler.hpp"  // IWYU pragma: export
+#include "token_bucket.hpp"     // IWYU pragma: export
+#include "version.hpp"          // IWYU pragma: export

@@ -1,0 +1,344 @@
+// The awaitable acquire and the blocking acquire, on the manual clock and the
+// manual scheduler: FIFO, one wake-up per waiter, cancellation, deadlines,
+// reconfiguration while waiters queue.
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stop_token>
+#include <thread>
+#include <vector>
+
+#include <tollgate/testing/manual_clock.hpp>
+#include <tollgate/testing/manual_scheduler.hpp>
+#include <tollgate/token_bucket.hpp>
+
+#include "catch.hpp"
+#include "test_support.hpp"
+
+using namespace tgtest;
+using tollgate::AcquireResult;
+using tollgate::Limit;
+using tollgate::NullMutex;
+using tollgate::Status;
+using tollgate::testing::ManualScheduler;
+
+namespace {
+
+struct Done {
+  int id;
+  std::int64_t t_ns;
+  Status status;
+};
+
+template <class Bucket>
+Task waiter(Bucket& b, double cost, int id, std::vector<Done>& log, const ManualClock& clock,
+            std::stop_token stop = {}) {
+  AcquireResult r = co_await b.acquire(cost, std::move(stop));
+  log.push_back({id, ns_of(clock.now()), r.status()});
+}
+
+template <class Bucket>
+Task waiter_for(Bucket& b, double cost, std::chrono::nanoseconds max_wait, int id, std::vector<Done>& log,
+                const ManualClock& clock) {
+  AcquireResult r = co_await b.acquire_for(cost, max_wait);
+  log.push_back({id, ns_of(clock.now()), r.status()});
+}
+
+constexpr std::int64_t kMs = 1'000'000;
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("acquire: completes without suspending when the tokens are there", "[acquire]", std::mutex,
+                   NullMutex) {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{3, 1}, clock, &sched);
+  std::vector<Done> log;
+  Task t = waiter(bucket, 3, 1, log, clock);
+  REQUIRE(t.done());
+  REQUIRE(log.size() == 1);
+  CHECK(log[0].status == Status::acquired);
+  CHECK(sched.armed() == 0);  // no timer was needed
+}
+
+TEMPLATE_TEST_CASE("acquire: never and invalid finish at once", "[acquire]", std::mutex, NullMutex) {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{3, 1}, clock, &sched);
+  std::vector<Done> log;
+  Task a = waiter(bucket, 4, 1, log, clock);
+  Task b = waiter(bucket, -1, 2, log, clock);
+  REQUIRE(log.size() == 2);
+  CHECK(log[0].status == Status::never);
+  CHECK(log[1].status == Status::invalid);
+  CHECK(bucket.available() == 3);
+}
+
+TEMPLATE_TEST_CASE("acquire: FIFO, a large cost is not starved by small ones", "[acquire][fifo]", std::mutex,
+                   NullMutex) {
+  // The seed pattern never serves the cost-8 request after the initial burst.
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 2}, clock, &sched);
+  REQUIRE(bucket.try_acquire(10).ok());
+  std::vector<Done> log;
+  std::vector<Task> tasks;
+  tasks.push_back(waiter(bucket, 8, 0, log, clock));  // due at 4 s
+  for (int i = 1; i <= 6; ++i) {
+    clock.advance(10ms);
+    tasks.push_back(waiter(bucket, 1, i, log, clock));
+    // A newcomer's try_acquire does not jump the queue either.
+    CHECK(bucket.try_acquire(1).status() == Status::not_now);
+  }
+  CHECK(bucket.waiters() == 7);
+  clock.advance(10s);
+  REQUIRE(log.size() == 7);
+  for (int i = 0; i < 7; ++i) {
+    INFO("waiter " << i);
+    CHECK(log[i].id == i);
+    CHECK(log[i].status == Status::acquired);
+    // Work-conserving: cost 8 at 4.0 s, then one token every 0.5 s.
+    CHECK(log[i].t_ns == (i == 0 ? 4000 : 4000 + 500 * i) * kMs);
+  }
+}
+
+TEMPLATE_TEST_CASE("acquire: each waiter is woken once, at its instant", "[acquire]", std::mutex, NullMutex) {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{1, 1}, clock, &sched);
+  REQUIRE(bucket.try_acquire(1).ok());
+  std::vector<Done> log;
+  std::vector<Task> tasks;
+  for (int i = 0; i < 100; ++i) tasks.push_back(waiter(bucket, 1, i, log, clock));
+  CHECK(sched.armed() == 1);  // only the head has a timer
+  clock.advance(1000s);
+  REQUIRE(log.size() == 100);
+  CHECK(sched.fired() == 100);  // one timer fire per waiter: nobody polls
+  for (int i = 0; i < 100; ++i) CHECK(log[i].t_ns == (i + 1) * 1000 * kMs);
+}
+
+TEMPLATE_TEST_CASE("acquire: a stop token cancels exactly; later waiters move up", "[acquire][cancel]",
+                   std::mutex, NullMutex) {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{4, 1}, clock, &sched);
+  REQUIRE(bucket.try_acquire(4).ok());
+  std::vector<Done> log;
+  std::stop_source stop;
+  Task a = waiter(bucket, 2, 0, log, clock);                    // due 2 s
+  Task b = waiter(bucket, 3, 1, log, clock, stop.get_token());  // due 5 s
+  Task c = waiter(bucket, 1, 2, log, clock);                    // due 6 s -> 3 s
+  clock.advance(1s);
+  stop.request_stop();  // resumes b now, on this thread
+  REQUIRE(log.size() == 1);
+  CHECK(log[0].id == 1);
+  CHECK(log[0].status == Status::cancelled);
+  CHECK(log[0].t_ns == 1000 * kMs);
+  clock.advance(10s);
+  REQUIRE(log.size() == 3);
+  CHECK(log[1].id == 0);
+  CHECK(log[1].t_ns == 2000 * kMs);
+  CHECK(log[2].id == 2);
+  CHECK(log[2].t_ns == 3000 * kMs);  // as if b had never arrived
+  // Tokens conserved: 4 + 11 s * 1/s = 15 produced, capped at 4 in the end;
+  // taken: 4 + 2 + 1 = 7. At 11 s the bucket has refilled 8 s since 3 s: full.
+  CHECK(bucket.available() == 4);
+  clock.set(clock.now());
+  CHECK(bucket.try_acquire(4).ok());
+}
+
+TEMPLATE_TEST_CASE("acquire: a stop already requested takes nothing", "[acquire][cancel]", std::mutex,
+                   NullMutex) {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{4, 1}, clock, &sched);
+  std::stop_source stop;
+  stop.request_stop();
+  std::vector<Done> log;
+  Task a = waiter(bucket, 1, 0, log, clock, stop.get_token());
+  REQUIRE(log.size() == 1);
+  CHECK(log[0].status == Status::cancelled);
+  CHECK(bucket.available() == 4);
+}
+
+TEMPLATE_TEST_CASE("acquire: destroying a suspended coroutine leaves the queue exactly", "[acquire][cancel]",
+                   std::mutex, NullMutex) {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{4, 1}, clock, &sched);
+  REQUIRE(bucket.try_acquire(4).ok());
+  std::vector<Done> log;
+  Task a = waiter(bucket, 3, 0, log, clock);  // head, due 3 s
+  Task b = waiter(bucket, 1, 1, log, clock);  // due 4 s -> 1 s
+  CHECK(bucket.waiters() == 2);
+  a.reset();  // destroys the coroutine frame, and its awaiter with it
+  CHECK(bucket.waiters() == 1);
+  clock.advance(10s);
+  REQUIRE(log.size() == 1);
+  CHECK(log[0].id == 1);
+  CHECK(log[0].t_ns == 1000 * kMs);
+  CHECK(bucket.available() == 4);
+}
+
+TEMPLATE_TEST_CASE("acquire: a destroyed waiter that was already granted refunds its cost", "[acquire][cancel]",
+                   std::mutex, NullMutex) {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{4, 1}, clock, &sched);
+  REQUIRE(bucket.try_acquire(4).ok());
+  std::vector<Done> log;
+  Task a = waiter(bucket, 2, 0, log, clock);  // due 2 s
+  clock.set(ManualClock::time_point(3s));     // time passes without firing timers
+  a.reset();                                  // granted at 2 s, never resumed
+  CHECK(bucket.available() == 3);             // 1 s of refill since 2 s + the 2 refunded
+  CHECK(log.empty());
+}
+
+TEMPLATE_TEST_CASE("acquire_for: refuses at once when the wait is too long", "[acquire][deadline]", std::mutex,
+                   NullMutex) {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 2}, clock, &sched);
+  REQUIRE(bucket.try_acquire(10).ok());
+  std::vector<Done> log;
+  Task a = waiter_for(bucket, 4, 1s, 0, log, clock);  // needs 2 s
+  REQUIRE(log.size() == 1);
+  CHECK(log[0].status == Status::not_now);
+  CHECK(bucket.waiters() == 0);
+  Task b = waiter_for(bucket, 4, 2s, 1, log, clock);  // exactly 2 s: accepted
+  CHECK(bucket.waiters() == 1);
+  clock.advance(2s);
+  REQUIRE(log.size() == 2);
+  CHECK(log[1].status == Status::acquired);
+  CHECK(log[1].t_ns == 2000 * kMs);
+}
+
+TEMPLATE_TEST_CASE("acquire_for: a slower rate that breaks the deadline times the waiter out", "[acquire][deadline]",
+                   std::mutex, NullMutex) {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 2}, clock, &sched);
+  REQUIRE(bucket.try_acquire(10).ok());
+  std::vector<Done> log;
+  Task a = waiter_for(bucket, 2, 3s, 0, log, clock);  // due 1 s, deadline 3 s
+  Task b = waiter_for(bucket, 2, 3s, 1, log, clock);  // due 2 s, deadline 3 s
+  Task c = waiter(bucket, 2, 2, log, clock);          // due 3 s, no deadline
+  bucket.set_rate(1);  // now a is due 2 s (ok), b 4 s (> 3 s: out), c 4 s
+  REQUIRE(log.size() == 1);
+  CHECK(log[0].id == 1);
+  CHECK(log[0].status == Status::timed_out);
+  clock.advance(10s);
+  REQUIRE(log.size() == 3);
+  CHECK(log[1].id == 0);
+  CHECK(log[1].t_ns == 2000 * kMs);
+  CHECK(log[2].id == 2);
+  CHECK(log[2].t_ns == 4000 * kMs);  // b's cost was given back exactly
+}
+
+TEMPLATE_TEST_CASE("acquire: a higher rate wakes queued waiters sooner", "[acquire][reconfigure]", std::mutex,
+                   NullMutex) {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 1}, clock, &sched);
+  REQUIRE(bucket.try_acquire(10).ok());
+  std::vector<Done> log;
+  Task a = waiter(bucket, 4, 0, log, clock);  // due 4 s
+  Task b = waiter(bucket, 4, 1, log, clock);  // due 8 s
+  clock.advance(2s);                          // 2 tokens accrued at 1/s
+  bucket.set_rate(4);                         // remaining 2 for a: 0.5 s; b 1 s later
+  clock.advance(10s);
+  REQUIRE(log.size() == 2);
+  CHECK(log[0].t_ns == 2500 * kMs);
+  CHECK(log[1].t_ns == 3500 * kMs);
+}
+
+TEMPLATE_TEST_CASE("acquire: a capacity below a waiter's cost finishes it never", "[acquire][reconfigure]",
+                   std::mutex, NullMutex) {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 1}, clock, &sched);
+  REQUIRE(bucket.try_acquire(10).ok());
+  std::vector<Done> log;
+  Task a = waiter(bucket, 8, 0, log, clock);
+  Task b = waiter(bucket, 2, 1, log, clock);
+  bucket.set_capacity(5);
+  REQUIRE(log.size() == 1);
+  CHECK(log[0].id == 0);
+  CHECK(log[0].status == Status::never);
+  clock.advance(10s);
+  REQUIRE(log.size() == 2);
+  CHECK(log[1].t_ns == 2000 * kMs);  // b moved up: 2 tokens from empty at 1/s
+}
+
+TEMPLATE_TEST_CASE("acquire: a refund moves the head up", "[acquire]", std::mutex, NullMutex) {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 1}, clock, &sched);
+  REQUIRE(bucket.try_acquire(10).ok());
+  std::vector<Done> log;
+  Task a = waiter(bucket, 5, 0, log, clock);  // due 5 s
+  clock.advance(1s);
+  CHECK(bucket.refund(4) == 4);  // 1 accrued + 4 refunded: a is due now ...
+  REQUIRE(log.size() == 1);      // ... and resumed by the refunding thread
+  CHECK(log[0].t_ns == 1000 * kMs);
+}
+
+TEST_CASE("acquire: destroying the bucket cancels its waiters", "[acquire]") {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  std::vector<Done> log;
+  Task a;
+  {
+    tollgate::TokenBucket<ManualClock> bucket(Limit{1, 1}, clock, &sched);
+    REQUIRE(bucket.try_acquire(1).ok());
+    a = waiter(bucket, 1, 0, log, clock);
+  }
+  REQUIRE(log.size() == 1);
+  CHECK(log[0].status == Status::cancelled);
+  CHECK(sched.armed() == 0);
+}
+
+TEST_CASE("acquire_blocking: a thread blocks until the manual clock reaches its turn", "[blocking]") {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  tollgate::TokenBucket<ManualClock> bucket(Limit{2, 1}, clock, &sched);
+  REQUIRE(bucket.try_acquire(2).ok());
+  std::atomic<int> status{-1};
+  std::atomic<std::int64_t> at{0};
+  std::thread t([&] {
+    auto r = bucket.acquire_blocking(2);
+    at = ns_of(clock.now());
+    status = static_cast<int>(r.status());
+  });
+  while (bucket.waiters() == 0) std::this_thread::yield();
+  clock.advance(2s);  // wakes the thread, at 2 s, from this thread's advance
+  t.join();
+  CHECK(status == static_cast<int>(Status::acquired));
+  CHECK(at == 2000 * kMs);
+  CHECK(bucket.available() == 0);
+  clock.advance(1s);
+  CHECK(bucket.available() == 1);
+}
+
+TEST_CASE("acquire_blocking: max_wait and stop token", "[blocking][cancel]") {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  tollgate::TokenBucket<ManualClock> bucket(Limit{2, 1}, clock, &sched);
+  REQUIRE(bucket.try_acquire(2).ok());
+  auto r = bucket.acquire_blocking(2, 1s);
+  CHECK(r.status() == Status::not_now);
+  CHECK(r.retry_after() == 2s);
+
+  std::stop_source stop;
+  std::atomic<int> status{-1};
+  std::thread t([&] { status = static_cast<int>(bucket.acquire_blocking(2, std::chrono::hours(1), stop.get_token()).status()); });
+  while (bucket.waiters() == 0) std::this_thread::yield();
+  stop.request_stop();
+  t.join();
+  CHECK(status == static_cast<int>(Status::cancelled));
+  CHECK(bucket.waiters() == 0);
+  clock.advance(2s);
+  CHECK(bucket.available() == 2);  // the cancelled wait took nothing
+}
