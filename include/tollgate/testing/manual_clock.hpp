@@ -61,12 +61,15 @@ class ManualClock {
 
   /// Moves time forward to `t` (no-op if `t` has passed), firing due timers.
   void advance_to(time_point t) {
-    std::vector<Listener*> listeners;
-    {
-      std::lock_guard lock(state_->mutex);
-      listeners = state_->listeners;
+    for (std::size_t i = 0;; ++i) {  // by index, without a copy: advancing allocates nothing
+      Listener* l;
+      {
+        std::lock_guard lock(state_->mutex);
+        if (i >= state_->listeners.size()) break;
+        l = state_->listeners[i];
+      }
+      l->run_until(t);
     }
-    for (Listener* l : listeners) l->run_until(t);
     if (t > now()) set(t);
   }
 
