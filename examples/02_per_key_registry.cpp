@@ -4,22 +4,24 @@
 
 #include <cstdio>
 #include <string>
+#include <string_view>
+
+// [registry]
+tollgate::BucketRegistry<> limits({
+    .default_limit = tollgate::Limit::per_minute(60, 10),  // 1/s, bursts of 10
+    .policy = [](const std::string& key) {                 // tiers, decided once per key
+      return key.starts_with("pro-") ? tollgate::Limit::per_minute(600, 50)
+                                     : tollgate::Limit::per_minute(60, 10);
+    },
+    .max_keys = 100'000,  // beyond: new keys share one overflow bucket
+});
+
+bool allowed(std::string_view api_key) {  // no allocation once the key exists
+  return limits.try_acquire(api_key).ok();
+}
+// [registry]
 
 int main() {
-  // [registry]
-  tollgate::BucketRegistry<> limits({
-      .default_limit = tollgate::Limit::per_minute(60, 10),  // 1/s, bursts of 10
-      .policy = [](const std::string& key) {
-        return key.starts_with("pro-") ? tollgate::Limit::per_minute(600, 50)
-                                       : tollgate::Limit::per_minute(60, 10);
-      },
-      .max_keys = 100'000,  // beyond: new keys share one overflow bucket
-  });
-
-  // In a handler: look the key up by string_view, no allocation once it exists.
-  auto allowed = [&](std::string_view api_key) { return limits.try_acquire(api_key).ok(); };
-  // [registry]
-
   int noisy = 0, quiet = 0, pro = 0;
   for (int i = 0; i < 100; ++i) noisy += allowed("free-noisy");
   for (int i = 0; i < 5; ++i) quiet += allowed("free-quiet");

@@ -19,7 +19,8 @@ namespace tollgate {
 ///
 /// `TokenBucket<std::chrono::steady_clock>` uses `TimerThreadScheduler<>::shared()`
 /// unless given another scheduler. The destructor stops and joins the thread;
-/// timers still armed then never fire, so destroy buckets first.
+/// timers still armed then never fire, so destroy the buckets using a
+/// scheduler before the scheduler.
 ///
 /// Thread safety: all members may be called from any thread.
 template <class Clock = std::chrono::steady_clock>
@@ -42,10 +43,12 @@ class TimerThreadScheduler final : public Scheduler<Clock> {
   TimerThreadScheduler(const TimerThreadScheduler&) = delete;
   TimerThreadScheduler& operator=(const TimerThreadScheduler&) = delete;
 
-  /// The process-wide instance, started on first use.
+  /// The process-wide instance, started on first use. It is never destroyed
+  /// (its thread ends with the process), so buckets with static storage
+  /// duration can still disarm their timers during static destruction.
   static TimerThreadScheduler& shared() {
-    static TimerThreadScheduler instance;
-    return instance;
+    static TimerThreadScheduler* const instance = new TimerThreadScheduler();
+    return *instance;
   }
 
   void arm(TimerNode<Clock>& node, time_point due) override {
