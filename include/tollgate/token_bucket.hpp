@@ -62,9 +62,10 @@ class TokenBucket {
   class AcquireOperation;
 
   /// Creates a full bucket. `scheduler` wakes waiters; when null, a bucket on
-  /// `std::chrono::steady_clock` uses `TimerThreadScheduler<>::shared()` (the
-  /// thread starts on the first wait) and any other clock cannot wait (waits
-  /// then finish `invalid`; try_acquire works). Throws `std::invalid_argument`
+  /// a steady clock (`Clock::is_steady`, e.g. `std::chrono::steady_clock`)
+  /// uses `TimerThreadScheduler<Clock>::shared()` (its thread starts on the
+  /// first wait) and any other clock cannot wait (waits then finish
+  /// `invalid`; try_acquire works). A fake clock needs its own scheduler. Throws `std::invalid_argument`
   /// for an invalid limit.
   explicit TokenBucket(Limit limit, Clock clock = Clock{}, scheduler_type* scheduler = nullptr)
       : clock_(std::move(clock)), scheduler_(scheduler), core_(checked(limit)) {
@@ -348,7 +349,7 @@ class TokenBucket {
 
   scheduler_type* scheduler() noexcept {
     if (scheduler_) return scheduler_;
-    if constexpr (std::is_same_v<Clock, std::chrono::steady_clock>)
+    if constexpr (Clock::is_steady)  // a real monotonic clock: a background timer thread
       return scheduler_ = &TimerThreadScheduler<Clock>::shared();
     return nullptr;
   }

@@ -2,6 +2,7 @@
 // tollgate: header-only C++20 token-bucket rate limiting. The umbrella header.
 
 #include "bucket_registry.hpp"  // IWYU pragma: export
+#include "coarse_clock.hpp"     // IWYU pragma: export
 #include "limit.hpp"            // IWYU pragma: export
 #include "null_mutex.hpp"       // IWYU pragma: export
 #include "result.hpp"           // IWYU pragma: export

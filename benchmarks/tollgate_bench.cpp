@@ -1,0 +1,339 @@
+// tollgate_bench: the Google Benchmark suite. Names are stable across
+// versions so results can be compared; see README "Performance".
+
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <coroutine>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <tollgate/testing/manual_clock.hpp>
+#include <tollgate/testing/manual_scheduler.hpp>
+#include <tollgate/tollgate.hpp>
+
+// ---- Allocation counting (this binary only) ----------------------------------
+namespace {
+std::atomic<long> g_allocs{0};
+std::atomic<long> g_bytes{0};
+}  // namespace
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+void* operator new(std::size_t n) {
+  g_allocs.fetch_add(1, std::memory_order_relaxed);
+  g_bytes.fetch_add(static_cast<long>(n), std::memory_order_relaxed);
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t n) { return operator new(n); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+
+namespace {
+
+using tollgate::Limit;
+using tollgate::NullMutex;
+using tollgate::TokenBucket;
+using tollgate::testing::ManualClock;
+using tollgate::testing::ManualScheduler;
+using SteadyClock = std::chrono::steady_clock;
+
+// A coroutine type whose frames are allocated outside the global counter, so
+// every counted allocation is the library's.
+struct Task {
+  struct promise_type {
+    static void* operator new(std::size_t n) { return std::malloc(n); }
+    static void operator delete(void* p) noexcept { std::free(p); }
+    Task get_return_object() { return Task{std::coroutine_handle<promise_type>::from_promise(*this)}; }
+    std::suspend_never initial_suspend() noexcept { return {}; }
+    std::suspend_always final_suspend() noexcept { return {}; }
+    void return_void() noexcept {}
+    void unhandled_exception() noexcept { std::terminate(); }
+  };
+  std::coroutine_handle<promise_type> h;
+  Task(std::coroutine_handle<promise_type> handle) : h(handle) {}
+  Task(Task&& o) noexcept : h(std::exchange(o.h, {})) {}
+  ~Task() {
+    if (h) h.destroy();
+  }
+  bool done() const { return h.done(); }
+};
+
+// An always-admitting limit: 10^12 per second.
+const Limit kWide{1e12, 1e12};
+
+// ---- The floor ----------------------------------------------------------------
+void BM_Primitive_SteadyClockNow(benchmark::State& st) {
+  for (auto _ : st) benchmark::DoNotOptimize(SteadyClock::now());
+}
+BENCHMARK(BM_Primitive_SteadyClockNow);
+
+void BM_Primitive_MutexLockUnlock(benchmark::State& st) {
+  std::mutex m;
+  for (auto _ : st) {
+    m.lock();
+    benchmark::ClobberMemory();
+    m.unlock();
+  }
+}
+BENCHMARK(BM_Primitive_MutexLockUnlock);
+
+void BM_Primitive_CasLoop(benchmark::State& st) {
+  std::atomic<std::int64_t> v{0};
+  for (auto _ : st) {
+    std::int64_t cur = v.load(std::memory_order_relaxed);
+    while (!v.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel)) {
+    }
+  }
+  benchmark::DoNotOptimize(v.load());
+}
+BENCHMARK(BM_Primitive_CasLoop);
+
+// ---- The baseline: a faithful port of the seed's Python pattern -------------
+class SeedBucket {
+ public:
+  SeedBucket(double capacity, double rate)
+      : capacity_(capacity), rate_(rate), tokens_(capacity), last_(SteadyClock::now()) {}
+  bool try_acquire(double cost) {
+    std::lock_guard lock(m_);
+    const auto now = SteadyClock::now();
+    const double elapsed = std::chrono::duration<double>(now - last_).count();
+    tokens_ = std::min(capacity_, tokens_ + elapsed * rate_);
+    last_ = now;
+    if (tokens_ >= cost) {
+      tokens_ -= cost;
+      return true;
+    }
+    return false;
+  }
+
+ private:
+  double capacity_, rate_, tokens_;
+  SteadyClock::time_point last_;
+  std::mutex m_;
+};
+
+void BM_SeedPort_TryAcquire(benchmark::State& st) {
+  SeedBucket b(1e12, 1e12);
+  for (auto _ : st) benchmark::DoNotOptimize(b.try_acquire(1));
+}
+BENCHMARK(BM_SeedPort_TryAcquire);
+
+SeedBucket g_seed_shared(1e12, 1e12);
+void BM_SeedPort_TryAcquire_Shared(benchmark::State& st) {
+  for (auto _ : st) benchmark::DoNotOptimize(g_seed_shared.try_acquire(1));
+}
+BENCHMARK(BM_SeedPort_TryAcquire_Shared)->Threads(2);
+
+// ---- TokenBucket::try_acquire --------------------------------------------------
+void BM_TokenBucket_TryAcquire(benchmark::State& st) {
+  TokenBucket<> b(kWide);
+  for (auto _ : st) benchmark::DoNotOptimize(b.try_acquire(1));
+}
+BENCHMARK(BM_TokenBucket_TryAcquire);
+
+void BM_TokenBucket_TryAcquire_NullMutex(benchmark::State& st) {
+  TokenBucket<SteadyClock, NullMutex> b(kWide);
+  for (auto _ : st) benchmark::DoNotOptimize(b.try_acquire(1));
+}
+BENCHMARK(BM_TokenBucket_TryAcquire_NullMutex);
+
+void BM_TokenBucket_TryAcquire_CoarseClock(benchmark::State& st) {
+  TokenBucket<tollgate::CoarseSteadyClock> b(kWide);
+  for (auto _ : st) benchmark::DoNotOptimize(b.try_acquire(1));
+}
+BENCHMARK(BM_TokenBucket_TryAcquire_CoarseClock);
+
+void BM_TokenBucket_TryAcquire_ManualClock(benchmark::State& st) {
+  ManualClock clock;
+  TokenBucket<ManualClock, NullMutex> b(kWide, clock);
+  const auto now = clock.now();
+  for (auto _ : st) benchmark::DoNotOptimize(b.try_acquire_at(now, 1));
+}
+BENCHMARK(BM_TokenBucket_TryAcquire_ManualClock);
+
+void BM_TokenBucket_TryAcquire_Denied(benchmark::State& st) {
+  TokenBucket<> b(Limit{1, 1e-3});
+  (void)b.try_acquire(1);
+  for (auto _ : st) benchmark::DoNotOptimize(b.try_acquire(1));
+}
+BENCHMARK(BM_TokenBucket_TryAcquire_Denied);
+
+TokenBucket<>* g_shared_bucket = nullptr;
+void BM_TokenBucket_TryAcquire_Shared(benchmark::State& st) {
+  if (st.thread_index() == 0) g_shared_bucket = new TokenBucket<>(kWide);
+  for (auto _ : st) benchmark::DoNotOptimize(g_shared_bucket->try_acquire(1));
+  if (st.thread_index() == 0) {
+    delete g_shared_bucket;
+    g_shared_bucket = nullptr;
+  }
+}
+BENCHMARK(BM_TokenBucket_TryAcquire_Shared)->Threads(2);
+
+void BM_TokenBucket_TryAcquire_Separate(benchmark::State& st) {
+  TokenBucket<> b(kWide);
+  for (auto _ : st) benchmark::DoNotOptimize(b.try_acquire(1));
+}
+BENCHMARK(BM_TokenBucket_TryAcquire_Separate)->Threads(2);
+
+// ---- The awaitable -----------------------------------------------------------
+void BM_Acquire_Ready(benchmark::State& st) {
+  TokenBucket<> b(kWide);
+  long allocs = 0;
+  auto loop = [](benchmark::State& s, TokenBucket<>& bucket, long& counted) -> Task {
+    const long before = g_allocs.load();
+    for (auto _ : s) {
+      auto r = co_await bucket.acquire(1);
+      benchmark::DoNotOptimize(r);
+    }
+    counted = g_allocs.load() - before;
+  };
+  Task t = loop(st, b, allocs);
+  st.counters["allocs_per_op"] = benchmark::Counter(double(allocs) / double(st.iterations()));
+}
+BENCHMARK(BM_Acquire_Ready);
+
+void BM_Acquire_SuspendResume(benchmark::State& st) {
+  // One coroutine loops over co_await; each acquire must wait 1 us, and the
+  // driver below advances the manual clock by 1 us, which resumes it.
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  TokenBucket<ManualClock, NullMutex> b(Limit{1, 1e6}, clock, &sched);
+  (void)b.try_acquire(1);
+  long allocs = 0;
+  auto loop = [](benchmark::State& s, TokenBucket<ManualClock, NullMutex>& bucket, long& counted) -> Task {
+    long before = -1;
+    for (auto _ : s) {
+      if (before < 0) before = g_allocs.load();  // after the first arm (heap slot)
+      auto r = co_await bucket.acquire(1);
+      benchmark::DoNotOptimize(r);
+    }
+    counted = g_allocs.load() - before;
+  };
+  Task t = loop(st, b, allocs);
+  while (!t.done()) clock.advance(std::chrono::microseconds(1));
+  st.counters["allocs_per_op"] = benchmark::Counter(double(allocs) / double(st.iterations()));
+}
+BENCHMARK(BM_Acquire_SuspendResume);
+
+// ---- The registry --------------------------------------------------------------
+void BM_Registry_HotKey(benchmark::State& st) {
+  tollgate::BucketRegistry<> reg({.default_limit = kWide});
+  const std::string_view key = "api-key-00000042";
+  (void)reg.try_acquire(key);
+  for (auto _ : st) benchmark::DoNotOptimize(reg.try_acquire(key));
+}
+BENCHMARK(BM_Registry_HotKey);
+
+std::vector<std::string> make_keys(std::size_t n) {
+  std::vector<std::string> keys;
+  keys.reserve(n);
+  char buf[32];
+  for (std::size_t i = 0; i < n; ++i) {
+    std::snprintf(buf, sizeof buf, "api-key-%08zu", i);  // 16 characters
+    keys.emplace_back(buf);
+  }
+  return keys;
+}
+
+void BM_Registry_ColdKeys(benchmark::State& st) {
+  constexpr std::size_t kKeys = 1'000'000;
+  static const std::vector<std::string> keys = make_keys(kKeys);
+  tollgate::BucketRegistry<> reg({.default_limit = Limit{10, 1}, .max_keys = 2 * kKeys});
+  const long bytes_before = g_bytes.load();
+  for (const auto& k : keys) (void)reg.try_acquire(std::string_view(k));  // all keys held (not full)
+  const double bytes_per_key = double(g_bytes.load() - bytes_before) / double(kKeys);
+  std::size_t i = 0;
+  for (auto _ : st) {
+    benchmark::DoNotOptimize(reg.try_acquire(std::string_view(keys[i])));
+    i = (i + 7919) % kKeys;  // stride through memory: cache-cold lookups
+  }
+  st.counters["bytes_per_key"] = bytes_per_key;
+  st.counters["keys"] = double(reg.size());
+}
+BENCHMARK(BM_Registry_ColdKeys)->Unit(benchmark::kNanosecond);
+
+// ---- A million waiters ------------------------------------------------------------
+void BM_Waiters_1M(benchmark::State& st) {
+  constexpr int kWaiters = 1'000'000;
+  double ns_total = 0;
+  long library_allocs = 0;
+  for (auto _ : st) {
+    st.PauseTiming();
+    ManualClock clock;
+    ManualScheduler sched(clock);
+    auto bucket = std::make_unique<TokenBucket<ManualClock, NullMutex>>(Limit{1, 1e9}, clock, &sched);
+    (void)bucket->try_acquire(1);
+    std::vector<Task> tasks;
+    tasks.reserve(kWaiters);
+    int resumed = 0;
+    auto waiter = [](TokenBucket<ManualClock, NullMutex>& b, int& count) -> Task {
+      if (co_await b.acquire(1)) ++count;
+    };
+    st.ResumeTiming();
+    const auto t0 = SteadyClock::now();
+    const long a0 = g_allocs.load();
+    for (int i = 0; i < kWaiters; ++i) tasks.push_back(waiter(*bucket, resumed));
+    clock.advance(std::chrono::milliseconds(2));  // 1 ns apiece: drains them all
+    library_allocs += g_allocs.load() - a0;
+    ns_total += std::chrono::duration<double, std::nano>(SteadyClock::now() - t0).count();
+    if (resumed != kWaiters) st.SkipWithError("not every waiter was resumed");
+    st.PauseTiming();
+    tasks.clear();
+    bucket.reset();
+    st.ResumeTiming();
+  }
+  const double n = double(st.iterations()) * kWaiters;
+  st.counters["ns_per_waiter"] = ns_total / n;
+  st.counters["library_allocs_per_waiter"] = double(library_allocs) / n;
+}
+BENCHMARK(BM_Waiters_1M)->Unit(benchmark::kMillisecond)->Iterations(3);
+
+// ---- Real-time wake-up lateness of the timer thread ------------------------------
+void BM_TimerThread_WakeLateness(benchmark::State& st) {
+  // 400 waiters, one every 1 ms, on a steady_clock bucket and the shared
+  // timer thread; lateness = resume instant - due instant.
+  constexpr int kWaiters = 400;
+  std::vector<double> late_us;
+  for (auto _ : st) {
+    TokenBucket<> b(Limit{1, 1000});
+    (void)b.try_acquire(1);
+    std::vector<SteadyClock::time_point> due(kWaiters), resumed(kWaiters);
+    std::atomic<int> left{kWaiters};
+    std::vector<Task> tasks;
+    tasks.reserve(kWaiters);
+    auto waiter = [](TokenBucket<>& bucket, SteadyClock::time_point& at, std::atomic<int>& n) -> Task {
+      (void)co_await bucket.acquire(1);
+      at = SteadyClock::now();
+      n.fetch_sub(1, std::memory_order_release);
+    };
+    for (int i = 0; i < kWaiters; ++i) {
+      const auto before = SteadyClock::now();
+      const auto r = b.try_acquire(1);  // not_now: tells the wait the queue would give
+      due[i] = before + r.retry_after();
+      tasks.push_back(waiter(b, resumed[i], left));
+    }
+    while (left.load(std::memory_order_acquire) > 0) std::this_thread::yield();
+    for (int i = 0; i < kWaiters; ++i)
+      late_us.push_back(std::chrono::duration<double, std::micro>(resumed[i] - due[i]).count());
+  }
+  std::sort(late_us.begin(), late_us.end());
+  st.counters["p50_us"] = late_us[late_us.size() / 2];
+  st.counters["p99_us"] = late_us[late_us.size() * 99 / 100];
+}
+BENCHMARK(BM_TimerThread_WakeLateness)->Unit(benchmark::kMillisecond)->Iterations(2)->UseRealTime();
+
+}  // namespace
+
+BENCHMARK_MAIN();
