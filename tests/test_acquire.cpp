@@ -12,6 +12,7 @@
 
 #include <tollgate/testing/manual_clock.hpp>
 #include <tollgate/testing/manual_scheduler.hpp>
+#include <tollgate/timer_thread_scheduler.hpp>
 #include <tollgate/token_bucket.hpp>
 
 #include "catch.hpp"
@@ -51,7 +52,7 @@ constexpr std::int64_t kMs = 1'000'000;
 }  // namespace
 
 TEMPLATE_TEST_CASE("acquire: completes without suspending when the tokens are there", "[acquire]", std::mutex,
-                   NullMutex) {
+                   tollgate::SpinMutex, NullMutex) {
   ManualClock clock;
   ManualScheduler sched(clock);
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{3, 1}, clock, &sched);
@@ -63,7 +64,8 @@ TEMPLATE_TEST_CASE("acquire: completes without suspending when the tokens are th
   CHECK(sched.armed() == 0);  // no timer was needed
 }
 
-TEMPLATE_TEST_CASE("acquire: never and invalid finish at once", "[acquire]", std::mutex, NullMutex) {
+TEMPLATE_TEST_CASE("acquire: never and invalid finish at once", "[acquire]", std::mutex,
+                   tollgate::SpinMutex, NullMutex) {
   ManualClock clock;
   ManualScheduler sched(clock);
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{3, 1}, clock, &sched);
@@ -77,7 +79,7 @@ TEMPLATE_TEST_CASE("acquire: never and invalid finish at once", "[acquire]", std
 }
 
 TEMPLATE_TEST_CASE("acquire: FIFO, a large cost is not starved by small ones", "[acquire][fifo]", std::mutex,
-                   NullMutex) {
+                   tollgate::SpinMutex, NullMutex) {
   // The seed pattern never serves the cost-8 request after the initial burst.
   ManualClock clock;
   ManualScheduler sched(clock);
@@ -104,7 +106,8 @@ TEMPLATE_TEST_CASE("acquire: FIFO, a large cost is not starved by small ones", "
   }
 }
 
-TEMPLATE_TEST_CASE("acquire: each waiter is woken once, at its instant", "[acquire]", std::mutex, NullMutex) {
+TEMPLATE_TEST_CASE("acquire: each waiter is woken once, at its instant", "[acquire]", std::mutex,
+                   tollgate::SpinMutex, NullMutex) {
   ManualClock clock;
   ManualScheduler sched(clock);
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{1, 1}, clock, &sched);
@@ -119,8 +122,8 @@ TEMPLATE_TEST_CASE("acquire: each waiter is woken once, at its instant", "[acqui
   for (int i = 0; i < 100; ++i) CHECK(log[i].t_ns == (i + 1) * 1000 * kMs);
 }
 
-TEMPLATE_TEST_CASE("acquire: a stop token cancels exactly; later waiters move up", "[acquire][cancel]",
-                   std::mutex, NullMutex) {
+TEMPLATE_TEST_CASE("acquire: a stop token cancels exactly; later waiters move up", "[acquire][cancel]", std::mutex,
+                   tollgate::SpinMutex, NullMutex) {
   ManualClock clock;
   ManualScheduler sched(clock);
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{4, 1}, clock, &sched);
@@ -150,7 +153,7 @@ TEMPLATE_TEST_CASE("acquire: a stop token cancels exactly; later waiters move up
 }
 
 TEMPLATE_TEST_CASE("acquire: a stop already requested takes nothing", "[acquire][cancel]", std::mutex,
-                   NullMutex) {
+                   tollgate::SpinMutex, NullMutex) {
   ManualClock clock;
   ManualScheduler sched(clock);
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{4, 1}, clock, &sched);
@@ -163,8 +166,8 @@ TEMPLATE_TEST_CASE("acquire: a stop already requested takes nothing", "[acquire]
   CHECK(bucket.available() == 4);
 }
 
-TEMPLATE_TEST_CASE("acquire: destroying a suspended coroutine leaves the queue exactly", "[acquire][cancel]",
-                   std::mutex, NullMutex) {
+TEMPLATE_TEST_CASE("acquire: destroying a suspended coroutine leaves the queue exactly", "[acquire][cancel]", std::mutex,
+                   tollgate::SpinMutex, NullMutex) {
   ManualClock clock;
   ManualScheduler sched(clock);
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{4, 1}, clock, &sched);
@@ -182,8 +185,8 @@ TEMPLATE_TEST_CASE("acquire: destroying a suspended coroutine leaves the queue e
   CHECK(bucket.available() == 4);
 }
 
-TEMPLATE_TEST_CASE("acquire: a destroyed waiter that was already granted refunds its cost", "[acquire][cancel]",
-                   std::mutex, NullMutex) {
+TEMPLATE_TEST_CASE("acquire: a destroyed waiter that was already granted refunds its cost", "[acquire][cancel]", std::mutex,
+                   tollgate::SpinMutex, NullMutex) {
   ManualClock clock;
   ManualScheduler sched(clock);
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{4, 1}, clock, &sched);
@@ -197,7 +200,7 @@ TEMPLATE_TEST_CASE("acquire: a destroyed waiter that was already granted refunds
 }
 
 TEMPLATE_TEST_CASE("acquire_for: refuses at once when the wait is too long", "[acquire][deadline]", std::mutex,
-                   NullMutex) {
+                   tollgate::SpinMutex, NullMutex) {
   ManualClock clock;
   ManualScheduler sched(clock);
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 2}, clock, &sched);
@@ -215,8 +218,8 @@ TEMPLATE_TEST_CASE("acquire_for: refuses at once when the wait is too long", "[a
   CHECK(log[1].t_ns == 2000 * kMs);
 }
 
-TEMPLATE_TEST_CASE("acquire_for: a slower rate that breaks the deadline times the waiter out", "[acquire][deadline]",
-                   std::mutex, NullMutex) {
+TEMPLATE_TEST_CASE("acquire_for: a slower rate that breaks the deadline times the waiter out", "[acquire][deadline]", std::mutex,
+                   tollgate::SpinMutex, NullMutex) {
   ManualClock clock;
   ManualScheduler sched(clock);
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 2}, clock, &sched);
@@ -238,7 +241,7 @@ TEMPLATE_TEST_CASE("acquire_for: a slower rate that breaks the deadline times th
 }
 
 TEMPLATE_TEST_CASE("acquire: a higher rate wakes queued waiters sooner", "[acquire][reconfigure]", std::mutex,
-                   NullMutex) {
+                   tollgate::SpinMutex, NullMutex) {
   ManualClock clock;
   ManualScheduler sched(clock);
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 1}, clock, &sched);
@@ -254,8 +257,8 @@ TEMPLATE_TEST_CASE("acquire: a higher rate wakes queued waiters sooner", "[acqui
   CHECK(log[1].t_ns == 3500 * kMs);
 }
 
-TEMPLATE_TEST_CASE("acquire: a capacity below a waiter's cost finishes it never", "[acquire][reconfigure]",
-                   std::mutex, NullMutex) {
+TEMPLATE_TEST_CASE("acquire: a capacity below a waiter's cost finishes it never", "[acquire][reconfigure]", std::mutex,
+                   tollgate::SpinMutex, NullMutex) {
   ManualClock clock;
   ManualScheduler sched(clock);
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 1}, clock, &sched);
@@ -272,7 +275,8 @@ TEMPLATE_TEST_CASE("acquire: a capacity below a waiter's cost finishes it never"
   CHECK(log[1].t_ns == 2000 * kMs);  // b moved up: 2 tokens from empty at 1/s
 }
 
-TEMPLATE_TEST_CASE("acquire: a refund moves the head up", "[acquire]", std::mutex, NullMutex) {
+TEMPLATE_TEST_CASE("acquire: a refund moves the head up", "[acquire]", std::mutex,
+                   tollgate::SpinMutex, NullMutex) {
   ManualClock clock;
   ManualScheduler sched(clock);
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 1}, clock, &sched);
@@ -341,4 +345,69 @@ TEST_CASE("acquire_blocking: max_wait and stop token", "[blocking][cancel]") {
   CHECK(bucket.waiters() == 0);
   clock.advance(2s);
   CHECK(bucket.available() == 2);  // the cancelled wait took nothing
+}
+
+TEST_CASE("acquire: a wait beyond the clock's range is refused, not wrapped", "[acquire][clock]") {
+  ManualClock clock(ManualClock::max() - 1s);
+  ManualScheduler sched(clock);
+  tollgate::TokenBucket<ManualClock> bucket(Limit{1, 0.1}, clock, &sched);  // 10 s per token
+  REQUIRE(bucket.try_acquire(1).ok());
+  std::vector<Done> log;
+  AcquireResult r;
+  Task t = [](auto& b, AcquireResult& out) -> Task { out = co_await b.acquire(1); }(bucket, r);
+  CHECK(r.status() == Status::invalid);
+  CHECK(r.reason() == "wait would overflow the clock");
+  CHECK(bucket.waiters() == 0);
+  CHECK(bucket.try_acquire(1).retry_after() == 10s);  // try_acquire still answers
+}
+
+TEST_CASE("acquire: failures carry a reason", "[acquire]") {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  AcquireResult never, late, gone;
+  Task a, b, c;
+  {
+    tollgate::TokenBucket<ManualClock> bucket(Limit{10, 1}, clock, &sched);
+    REQUIRE(bucket.try_acquire(10).ok());
+    auto grab = [](auto& bk, double cost, std::chrono::nanoseconds max_wait, AcquireResult& out) -> Task {
+      out = co_await bk.acquire_for(cost, max_wait);
+    };
+    a = grab(bucket, 8, 1h, never);
+    b = grab(bucket, 1, 10s, late);
+    c = grab(bucket, 1, 1h, gone);
+    bucket.set_rate(0.01);  // b's wait grows past 10 s; a still fits for now
+    bucket.set_capacity(5);  // a can never fit any more
+  }  // the bucket goes away with c still waiting
+  CHECK(late.status() == Status::timed_out);
+  CHECK(late.reason() == "wait grew past max_wait after a reconfiguration");
+  CHECK(never.status() == Status::never);
+  CHECK(never.reason() == "cost exceeds the new capacity");
+  CHECK(gone.status() == Status::cancelled);
+  CHECK(gone.reason() == "bucket destroyed while waiting");
+  CHECK(never.message() == "never: cost exceeds the new capacity (cost 8)");
+}
+
+TEST_CASE("TimerThreadScheduler: resumes waiters on its own thread", "[acquire][timer-thread]") {
+  // A real steady_clock bucket, drained, then 50 waiters of 1 ms each: the
+  // test blocks on an atomic (no sleep, no clock reading) until all resumed.
+  tollgate::TimerThreadScheduler<> sched;
+  tollgate::TokenBucket<> bucket(Limit{50, 50'000}, {}, &sched);
+  REQUIRE(bucket.try_acquire(50).ok());
+  constexpr int kWaiters = 50;
+  std::atomic<int> left{kWaiters};
+  std::atomic<int> on_timer_thread{0};
+  std::vector<Task> tasks;
+  const auto test_thread = std::this_thread::get_id();
+  for (int i = 0; i < kWaiters; ++i) {
+    tasks.push_back([](auto& b, std::atomic<int>& n, std::atomic<int>& other, std::thread::id me) -> Task {
+      if (co_await b.acquire(50) && std::this_thread::get_id() != me) other.fetch_add(1);
+      n.fetch_sub(1);
+      n.notify_all();
+    }(bucket, left, on_timer_thread, test_thread));
+  }
+  for (int v = left.load(); v != 0; v = left.load()) left.wait(v);
+  // Every waiter that had to wait was resumed by the timer thread; only a
+  // test thread preempted for over a millisecond could see one pass at once.
+  CHECK(on_timer_thread.load() >= 1);
+  CHECK(bucket.waiters() == 0);
 }

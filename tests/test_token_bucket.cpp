@@ -34,7 +34,8 @@ std::string thrown_message(F&& f) {
 }
 }  // namespace
 
-TEMPLATE_TEST_CASE("bucket: burst, then the refill rate", "[bucket]", std::mutex, NullMutex) {
+TEMPLATE_TEST_CASE("bucket: burst, then the refill rate", "[bucket]", std::mutex,
+                   tollgate::SpinMutex, NullMutex) {
   ManualClock clock;
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 2}, clock);
   for (int i = 0; i < 10; ++i) CHECK(bucket.try_acquire().ok());
@@ -93,7 +94,8 @@ TEST_CASE("bucket: Limit helpers", "[bucket][config]") {
   CHECK(Limit::per_hour(3600, 1) == Limit{1, 1});
 }
 
-TEMPLATE_TEST_CASE("bucket: a clock near the top of its range", "[bucket][clock]", std::mutex, NullMutex) {
+TEMPLATE_TEST_CASE("bucket: a clock near the top of its range", "[bucket][clock]", std::mutex,
+                   tollgate::SpinMutex, NullMutex) {
   // Same script at two origins; every observable must be identical.
   for (auto origin : {ManualClock::time_point{}, ManualClock::max() - 3600s}) {
     INFO("origin " << ns_of(origin));
@@ -109,7 +111,8 @@ TEMPLATE_TEST_CASE("bucket: a clock near the top of its range", "[bucket][clock]
   }
 }
 
-TEMPLATE_TEST_CASE("bucket: a clock that steps backwards is clamped", "[bucket][clock]", std::mutex, NullMutex) {
+TEMPLATE_TEST_CASE("bucket: a clock that steps backwards is clamped", "[bucket][clock]", std::mutex,
+                   tollgate::SpinMutex, NullMutex) {
   ManualClock clock(ManualClock::time_point(100s));
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 1}, clock);
   CHECK(bucket.try_acquire(10).ok());
@@ -123,7 +126,8 @@ TEMPLATE_TEST_CASE("bucket: a clock that steps backwards is clamped", "[bucket][
   CHECK(bucket.try_acquire(1).retry_after() == 1s);
 }
 
-TEMPLATE_TEST_CASE("bucket: refund never fills above capacity", "[bucket]", std::mutex, NullMutex) {
+TEMPLATE_TEST_CASE("bucket: refund never fills above capacity", "[bucket]", std::mutex,
+                   tollgate::SpinMutex, NullMutex) {
   ManualClock clock;
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 1}, clock);
   CHECK(bucket.try_acquire(8).ok());
@@ -134,7 +138,7 @@ TEMPLATE_TEST_CASE("bucket: refund never fills above capacity", "[bucket]", std:
 }
 
 TEMPLATE_TEST_CASE("bucket: set_rate settles the tokens accrued so far", "[bucket][reconfigure]", std::mutex,
-                   NullMutex) {
+                   tollgate::SpinMutex, NullMutex) {
   ManualClock clock;
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{100, 1}, clock);
   CHECK(bucket.try_acquire(100).ok());
@@ -149,7 +153,7 @@ TEMPLATE_TEST_CASE("bucket: set_rate settles the tokens accrued so far", "[bucke
 }
 
 TEMPLATE_TEST_CASE("bucket: set_capacity drops what no longer fits", "[bucket][reconfigure]", std::mutex,
-                   NullMutex) {
+                   tollgate::SpinMutex, NullMutex) {
   ManualClock clock;
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 1}, clock);
   bucket.set_capacity(4);

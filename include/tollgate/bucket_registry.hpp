@@ -60,7 +60,7 @@ enum class OverflowPolicy {
 /// over `shards` shards, each with its own lock, so different keys rarely
 /// contend. Handles are cheap to copy and may outlive nothing but the registry.
 template <class Key = std::string, class Clock = std::chrono::steady_clock,
-          class Mutex = std::mutex, class Hash = StringHash, class KeyEqual = std::equal_to<>>
+          class Mutex = SpinMutex, class Hash = StringHash, class KeyEqual = std::equal_to<>>
 class BucketRegistry {
  public:
   using bucket_type = TokenBucket<Clock, Mutex>;
@@ -235,7 +235,7 @@ class BucketRegistry {
   };
 
   static AcquireResult rejected() noexcept {
-    return AcquireResult::failed(Status::rejected, "key cap reached; new keys are refused");
+    return AcquireResult::failed(Status::rejected, Reason::key_cap_reached);
   }
 
   template <class K>

@@ -34,12 +34,48 @@ constexpr std::string_view to_string(Status s) noexcept {
   return "unknown";
 }
 
+/// Why an acquisition failed, beyond its Status.
+enum class Reason : std::uint8_t {
+  none,
+  cost_exceeds_capacity,
+  cost_exceeds_new_capacity,
+  cost_is_nan,
+  cost_is_negative,
+  cost_is_infinite,
+  no_scheduler,
+  wait_overflows_clock,
+  stop_requested,
+  bucket_destroyed,
+  deadline_after_reconfiguration,
+  key_cap_reached,
+};
+
+/// A fixed phrase for each Reason, e.g. "cost exceeds capacity".
+constexpr std::string_view to_string(Reason r) noexcept {
+  switch (r) {
+    case Reason::none: return "";
+    case Reason::cost_exceeds_capacity: return "cost exceeds capacity";
+    case Reason::cost_exceeds_new_capacity: return "cost exceeds the new capacity";
+    case Reason::cost_is_nan: return "cost is NaN";
+    case Reason::cost_is_negative: return "cost is negative";
+    case Reason::cost_is_infinite: return "cost is infinite";
+    case Reason::no_scheduler: return "bucket has no scheduler to wait with";
+    case Reason::wait_overflows_clock: return "wait would overflow the clock";
+    case Reason::stop_requested: return "stop requested";
+    case Reason::bucket_destroyed: return "bucket destroyed while waiting";
+    case Reason::deadline_after_reconfiguration: return "wait grew past max_wait after a reconfiguration";
+    case Reason::key_cap_reached: return "key cap reached; new keys are refused";
+  }
+  return "unknown";
+}
+
 /// The outcome of `try_acquire`, `acquire`, `acquire_for` or `acquire_blocking`.
 ///
 /// Converts to `true` only when the tokens were taken. `not_now` carries the
 /// wait after which the same request would succeed if nothing else arrived,
 /// rounded up to the next nanosecond (never down, so a retry at that instant is
-/// never early). `never` and `invalid` carry a reason naming what was wrong.
+/// never early). Failures carry a Reason naming what was wrong, and the cost
+/// asked for. 16 bytes, trivially copyable: returned in registers.
 class [[nodiscard]] AcquireResult {
  public:
   constexpr AcquireResult() noexcept = default;
@@ -47,15 +83,13 @@ class [[nodiscard]] AcquireResult {
   static constexpr AcquireResult acquired() noexcept { return AcquireResult(Status::acquired); }
   static constexpr AcquireResult not_now(std::chrono::nanoseconds retry_after) noexcept {
     AcquireResult r(Status::not_now);
-    r.retry_after_ = retry_after;
+    r.retry_after_ns_ = retry_after.count();
     return r;
   }
-  static constexpr AcquireResult failed(Status s, const char* reason, double cost = 0,
-                                        double limit = 0) noexcept {
+  static constexpr AcquireResult failed(Status s, Reason reason, double cost = 0) noexcept {
     AcquireResult r(s);
     r.reason_ = reason;
-    r.cost_ = cost;
-    r.limit_ = limit;
+    r.cost_ = static_cast<float>(cost);
     return r;
   }
 
@@ -64,42 +98,44 @@ class [[nodiscard]] AcquireResult {
   constexpr explicit operator bool() const noexcept { return ok(); }
 
   /// For `not_now`: how long until the request would succeed; zero otherwise.
-  constexpr std::chrono::nanoseconds retry_after() const noexcept { return retry_after_; }
+  constexpr std::chrono::nanoseconds retry_after() const noexcept {
+    return std::chrono::nanoseconds(retry_after_ns_);
+  }
 
-  /// For `never`, `invalid`, `cancelled`, `timed_out`: a fixed phrase naming the
-  /// problem ("cost exceeds capacity", "cost is NaN", ...); empty otherwise.
-  constexpr std::string_view reason() const noexcept { return reason_; }
+  /// For failures: what was wrong ("cost exceeds capacity", "cost is NaN", ...).
+  constexpr std::string_view reason() const noexcept { return to_string(reason_); }
+  constexpr Reason reason_code() const noexcept { return reason_; }
 
-  /// The cost the request asked for, when the result is a failure about it.
+  /// For failures about the cost: the cost asked for (as a float).
   constexpr double cost() const noexcept { return cost_; }
 
   /// One readable line, for logs and error replies, e.g.
-  /// "never: cost exceeds capacity (cost 12, capacity 10)".
+  /// "never: cost exceeds capacity (cost 12)" or "not_now: retry after 500000000 ns".
   std::string message() const {
     std::ostringstream os;
     os << to_string(status_);
     if (status_ == Status::not_now) {
-      os << ": retry after " << retry_after_.count() << " ns";
-    } else if (!reason_.empty()) {
-      os << ": " << reason_;
-      if (status_ == Status::never) os << " (cost " << cost_ << ", capacity " << limit_ << ")";
-      else if (status_ == Status::invalid) os << " (cost " << cost_ << ")";
+      os << ": retry after " << retry_after_ns_ << " ns";
+    } else if (reason_ != Reason::none) {
+      os << ": " << reason();
+      if (status_ == Status::never || status_ == Status::invalid) os << " (cost " << cost_ << ")";
     }
     return os.str();
   }
 
   friend constexpr bool operator==(const AcquireResult& a, const AcquireResult& b) noexcept {
-    return a.status_ == b.status_ && a.retry_after_ == b.retry_after_;
+    return a.status_ == b.status_ && a.retry_after_ns_ == b.retry_after_ns_ && a.reason_ == b.reason_;
   }
 
  private:
   constexpr explicit AcquireResult(Status s) noexcept : status_(s) {}
 
-  std::chrono::nanoseconds retry_after_{0};
-  std::string_view reason_{};
-  double cost_ = 0;
-  double limit_ = 0;
+  std::int64_t retry_after_ns_ = 0;
+  float cost_ = 0;
   Status status_ = Status::invalid;
+  Reason reason_ = Reason::none;
 };
+
+static_assert(sizeof(AcquireResult) == 16);
 
 }  // namespace tollgate

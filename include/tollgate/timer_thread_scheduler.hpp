@@ -80,8 +80,7 @@ class TimerThreadScheduler final : public Scheduler<Clock> {
         continue;
       }
       lock.unlock();
-      while (queue_.fire_one(clock_.now(), [](time_point) {})) {
-      }
+      queue_.fire_due(clock_.now(), [](time_point) {});
       lock.lock();
     }
   }

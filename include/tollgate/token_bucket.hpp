@@ -21,6 +21,7 @@
 #include "null_mutex.hpp"
 #include "result.hpp"
 #include "scheduler.hpp"
+#include "spin_mutex.hpp"
 #include "timer_thread_scheduler.hpp"
 
 namespace tollgate {
@@ -47,7 +48,7 @@ namespace tollgate {
 /// Thread safety: every member function may be called concurrently when
 /// `Mutex` is a real mutex (the default, `std::mutex`); with `NullMutex`,
 /// from one thread only. The bucket must outlive its waiters' operations.
-template <class Clock = std::chrono::steady_clock, class Mutex = std::mutex>
+template <class Clock = std::chrono::steady_clock, class Mutex = SpinMutex>
 class TokenBucket {
   static_assert(!std::chrono::treat_as_floating_point_v<typename Clock::rep>,
                 "TokenBucket: Clock must have an integral representation");
@@ -248,7 +249,15 @@ class TokenBucket {
       if (queued_) bucket_.abandon(*this);
     }
 
-    bool await_ready() const noexcept { return false; }
+    /// The fast path: takes the tokens (or fails for good) without suspending.
+    bool await_ready() noexcept {
+      if (stop_.stop_requested()) {
+        result_ = cancelled_result();
+        return true;
+      }
+      result_ = bucket_.try_acquire(this->cost);
+      return result_.status() != Status::not_now;
+    }
 
     bool await_suspend(std::coroutine_handle<> handle) {
       handle_ = handle;
@@ -318,7 +327,7 @@ class TokenBucket {
   }
 
   static AcquireResult cancelled_result() noexcept {
-    return AcquireResult::failed(Status::cancelled, "stop requested");
+    return AcquireResult::failed(Status::cancelled, Reason::stop_requested);
   }
 
   template <class Rep, class Period>
@@ -369,7 +378,7 @@ class TokenBucket {
     detail::complete_all(done);
     if (a.queued) return std::nullopt;
     if (!can_wait && a.result.status() == Status::not_now)
-      return AcquireResult::failed(Status::invalid, "bucket has no scheduler to wait with", w.cost);
+      return AcquireResult::failed(Status::invalid, Reason::no_scheduler, w.cost);
     return a.result;
   }
 
@@ -381,7 +390,10 @@ class TokenBucket {
       const detail::fine_t t = rel(clock_.now());
       std::lock_guard lock(mutex_);
       removed = core_.remove(t, w, false) == detail::Removal::removed;
-      if (removed) w.outcome = Status::cancelled;
+      if (removed) {
+        w.outcome = Status::cancelled;
+        w.reason = Reason::stop_requested;
+      }
       core_.take_ready(done);  // later waiters that moved up and are due now
       sync_timer();
     }
@@ -402,17 +414,9 @@ class TokenBucket {
     detail::complete_all(done);
   }
 
-  AcquireResult result_of(const detail::Waiter& w) const noexcept {
-    switch (w.outcome) {
-      case Status::acquired: return AcquireResult::acquired();
-      case Status::cancelled: return cancelled_result();
-      case Status::never:
-        return AcquireResult::failed(Status::never, "cost exceeds the new capacity", w.cost);
-      case Status::timed_out:
-        return AcquireResult::failed(Status::timed_out, "wait grew past max_wait after a reconfiguration",
-                                     w.cost);
-      default: return AcquireResult::failed(Status::invalid, "internal error", w.cost);
-    }
+  static AcquireResult result_of(const detail::Waiter& w) noexcept {
+    if (w.outcome == Status::acquired) return AcquireResult::acquired();
+    return AcquireResult::failed(w.outcome, w.reason, w.cost);
   }
 
   // Arms the bucket's single timer for the earliest instant a waiter is due.

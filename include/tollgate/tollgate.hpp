@@ -7,6 +7,7 @@
 #include "null_mutex.hpp"       // IWYU pragma: export
 #include "result.hpp"           // IWYU pragma: export
 #include "scheduler.hpp"        // IWYU pragma: export
+#include "spin_mutex.hpp"       // IWYU pragma: export
 #include "timer_thread_scheduler.hpp"  // IWYU pragma: export
 #include "token_bucket.hpp"     // IWYU pragma: export
 #include "version.hpp"          // IWYU pragma: export

@@ -51,10 +51,10 @@ enum class Removal {
 inline AcquireResult check_cost(double cost, double capacity) noexcept {
   if (cost >= 0 && cost <= capacity) [[likely]]
     return AcquireResult::acquired();
-  if (std::isnan(cost)) return AcquireResult::failed(Status::invalid, "cost is NaN", cost);
-  if (cost < 0) return AcquireResult::failed(Status::invalid, "cost is negative", cost);
-  if (std::isinf(cost)) return AcquireResult::failed(Status::invalid, "cost is infinite", cost);
-  return AcquireResult::failed(Status::never, "cost exceeds capacity", cost, capacity);
+  if (std::isnan(cost)) return AcquireResult::failed(Status::invalid, Reason::cost_is_nan, cost);
+  if (cost < 0) return AcquireResult::failed(Status::invalid, Reason::cost_is_negative, cost);
+  if (std::isinf(cost)) return AcquireResult::failed(Status::invalid, Reason::cost_is_infinite, cost);
+  return AcquireResult::failed(Status::never, Reason::cost_exceeds_capacity, cost);
 }
 
 class BucketCore {
@@ -139,7 +139,7 @@ class BucketCore {
     const fine_t wait = end - now;
     if (wait > max_wait) return {AcquireResult::not_now(to_ns_ceil(wait))};
     if (end > horizon_)
-      return {AcquireResult::failed(Status::invalid, "wait would overflow the clock", w.cost)};
+      return {AcquireResult::failed(Status::invalid, Reason::wait_overflows_clock, w.cost)};
     // pending_ non-empty implies base == tat_ (tat_ > now), so dues stay contiguous.
     tat_ = end;
     queued_ += iv;
@@ -239,10 +239,12 @@ class BucketCore {
     while (Waiter* w = old.pop_front()) {
       if (w->cost > limit_.capacity) {
         w->outcome = Status::never;
+        w->reason = Reason::cost_exceeds_new_capacity;
       } else {
         const fine_t iv = interval(w->cost);
         if (end + iv > w->deadline || end + iv > horizon_) {
           w->outcome = Status::timed_out;
+          w->reason = Reason::deadline_after_reconfiguration;
         } else {
           w->interval = iv;
           end += iv;
@@ -262,7 +264,10 @@ class BucketCore {
   void cancel_all(WaiterList& finished) noexcept {
     for (WaiterList* l : {&pending_, &ready_}) {
       while (Waiter* w = l->pop_front()) {
-        if (w->place == WaiterPlace::pending) w->outcome = Status::cancelled;
+        if (w->place == WaiterPlace::pending) {
+          w->outcome = Status::cancelled;
+          w->reason = Reason::bucket_destroyed;
+        }
         w->place = WaiterPlace::none;
         finished.push_back(*w);
       }

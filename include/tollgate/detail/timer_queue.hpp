@@ -28,7 +28,9 @@ class TimerQueue {
     std::unique_lock lock(mutex_);
     heap_.erase(n);
     if (firing_ == &n && firing_thread_ != std::this_thread::get_id()) {
+      ++disarm_waiters_;
       idle_.wait(lock, [&] { return firing_ != &n; });
+      --disarm_waiters_;
       heap_.erase(n);  // the callback may have re-armed it
     }
   }
@@ -46,28 +48,29 @@ class TimerQueue {
     return heap_.size();
   }
 
-  /// Pops the earliest timer if it is due at `limit` or before, calls
-  /// `before(due)` (still under the lock), then fires it with no lock held.
-  /// Returns false when nothing was due.
+  /// Fires, one at a time and in (due, arming) order, every timer due at
+  /// `limit` or before, including timers armed by the callbacks themselves.
+  /// `before(due)` runs under the lock just before each fire; the callback
+  /// itself runs with no lock held. Returns how many fired.
   template <class Before>
-  bool fire_one(time_point limit, Before before) {
-    Node* n;
-    {
-      std::lock_guard lock(mutex_);
-      n = heap_.top();
-      if (!n || n->due > limit) return false;
+  std::size_t fire_due(time_point limit, Before before) {
+    std::size_t fired = 0;
+    std::unique_lock lock(mutex_);
+    for (;;) {
+      Node* n = heap_.top();
+      if (!n || n->due > limit) break;
       heap_.pop();
       before(n->due);
       firing_ = n;
       firing_thread_ = std::this_thread::get_id();
-    }
-    n->fire(n->context);
-    {
-      std::lock_guard lock(mutex_);
+      lock.unlock();
+      n->fire(n->context);
+      lock.lock();
       firing_ = nullptr;
+      if (disarm_waiters_ > 0) idle_.notify_all();
+      ++fired;
     }
-    idle_.notify_all();
-    return true;
+    return fired;
   }
 
   std::mutex& mutex() const { return mutex_; }
@@ -77,6 +80,7 @@ class TimerQueue {
   std::condition_variable idle_;
   TimerHeap<Clock> heap_;
   Node* firing_ = nullptr;
+  int disarm_waiters_ = 0;
   std::thread::id firing_thread_{};
 };
 

@@ -14,14 +14,16 @@ enum class WaiterPlace : std::uint8_t { none, pending, ready };
 /// One queued acquisition. The awaiter (or blocking-wait frame) *is* the node,
 /// so waiting allocates nothing. All fields but `on_complete` are guarded by the
 /// owning bucket's lock. `on_complete` runs outside every bucket lock, once.
+/// `interval` and `deadline` are set when the node is queued.
 struct Waiter {
   Waiter* prev = nullptr;
   Waiter* next = nullptr;
   double cost = 0;
-  fine_t interval = 0;         // cost in fine time at the current rate
-  fine_t deadline = fine_max;  // latest acceptable completion (fine, bucket-relative)
+  fine_t interval;  // cost in fine time at the current rate
+  fine_t deadline;  // latest acceptable completion (fine, bucket-relative)
   WaiterPlace place = WaiterPlace::none;
   Status outcome = Status::acquired;
+  Reason reason = Reason::none;
   void (*on_complete)(Waiter*) noexcept = nullptr;
 
   void complete() noexcept { on_complete(this); }

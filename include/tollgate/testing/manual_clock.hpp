@@ -2,6 +2,7 @@
 // ManualClock: a clock that moves only when a test tells it to.
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -61,15 +62,14 @@ class ManualClock {
 
   /// Moves time forward to `t` (no-op if `t` has passed), firing due timers.
   void advance_to(time_point t) {
-    for (std::size_t i = 0;; ++i) {  // by index, without a copy: advancing allocates nothing
-      Listener* l;
-      {
-        std::lock_guard lock(state_->mutex);
-        if (i >= state_->listeners.size()) break;
-        l = state_->listeners[i];
-      }
-      l->run_until(t);
+    std::array<Listener*, kMaxListeners> listeners;  // a copy without allocating
+    std::size_t n;
+    {
+      std::lock_guard lock(state_->mutex);
+      n = state_->listeners.size();
+      std::copy(state_->listeners.begin(), state_->listeners.end(), listeners.begin());
     }
+    for (std::size_t i = 0; i < n; ++i) listeners[i]->run_until(t);
     if (t > now()) set(t);
   }
 
@@ -78,8 +78,13 @@ class ManualClock {
     state_->ns.store(t.time_since_epoch().count(), std::memory_order_release);
   }
 
+  /// At most this many listeners (schedulers) per clock.
+  static constexpr std::size_t kMaxListeners = 8;
+
   void attach(Listener& l) {
     std::lock_guard lock(state_->mutex);
+    if (state_->listeners.size() == kMaxListeners)
+      throw std::length_error("ManualClock::attach: at most 8 schedulers per clock");
     state_->listeners.push_back(&l);
   }
   void detach(Listener& l) {

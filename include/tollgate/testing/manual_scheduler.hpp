@@ -42,11 +42,9 @@ class ManualScheduler final : public Scheduler<ManualClock>, private ManualClock
   void run_until(time_point target) override { run_to(target); }
 
   std::size_t run_to(time_point target) {
-    std::size_t n = 0;
-    while (queue_.fire_one(target, [&](time_point due) {
+    const std::size_t n = queue_.fire_due(target, [&](time_point due) {
       if (due > clock_.now()) clock_.set(due);
-    }))
-      ++n;
+    });
     fired_ += n;
     return n;
   }
