@@ -66,6 +66,8 @@ class TimerHeap {
   using Node = TimerNode<Clock>;
   using time_point = typename Clock::time_point;
 
+  TimerHeap() { heap_.reserve(64); }  // arming the first timers allocates nothing
+
   bool empty() const noexcept { return heap_.empty(); }
   std::size_t size() const noexcept { return heap_.size(); }
   Node* top() const noexcept { return heap_.empty() ? nullptr : heap_.front(); }

@@ -238,15 +238,18 @@ class TokenBucket {
 
   const Clock& clock() const noexcept { return clock_; }
 
-  /// The awaitable returned by `acquire` and `acquire_for`; it is the queue node.
-  class AcquireOperation : private detail::Waiter {
+  /// The awaitable returned by `acquire` and `acquire_for`. It carries the
+  /// queue node itself (built only if it has to wait): waiting allocates nothing.
+  class AcquireOperation {
    public:
     AcquireOperation(const AcquireOperation&) = delete;
     AcquireOperation& operator=(const AcquireOperation&) = delete;
 
     ~AcquireOperation() {
-      stop_callback_.reset();
-      if (queued_) bucket_.abandon(*this);
+      if (!built_) return;
+      node_.stop_callback.reset();
+      if (queued_) bucket_.abandon(node_);  // the coroutine was destroyed while waiting
+      node_.~Node();
     }
 
     /// The fast path: takes the tokens (or fails for good) without suspending.
@@ -255,32 +258,31 @@ class TokenBucket {
         result_ = cancelled_result();
         return true;
       }
-      result_ = bucket_.try_acquire(this->cost);
+      result_ = bucket_.try_acquire(cost_);
       return result_.status() != Status::not_now;
     }
 
     bool await_suspend(std::coroutine_handle<> handle) {
-      handle_ = handle;
-      if (stop_.stop_requested()) {
-        result_ = cancelled_result();
-        return false;
-      }
-      on_complete = &AcquireOperation::complete_thunk;
-      if (std::optional<AcquireResult> early = bucket_.enqueue(*this, max_wait_)) {
+      ::new (static_cast<void*>(&node_)) Node();
+      built_ = true;
+      node_.cost = cost_;
+      node_.handle = handle;
+      node_.on_complete = &AcquireOperation::complete_thunk;
+      if (std::optional<AcquireResult> early = bucket_.enqueue(node_, max_wait_)) {
         result_ = *early;
         return false;
       }
       queued_ = true;
-      if (stop_.stop_possible()) stop_callback_.emplace(stop_, Canceller{this});
+      if (stop_.stop_possible()) node_.stop_callback.emplace(stop_, Canceller{&bucket_, &node_});
       // Whoever comes second (this line or the completion) resumes the coroutine.
-      return !handoff_.exchange(true, std::memory_order_acq_rel);
+      return !node_.handoff.exchange(true, std::memory_order_acq_rel);
     }
 
     AcquireResult await_resume() noexcept {
-      stop_callback_.reset();
       if (queued_) {
+        node_.stop_callback.reset();
         queued_ = false;
-        result_ = bucket_.result_of(*this);
+        result_ = result_of(node_);
       }
       return result_;
     }
@@ -288,30 +290,36 @@ class TokenBucket {
    private:
     friend class TokenBucket;
 
+    struct Node;
     struct Canceller {
-      AcquireOperation* op;
-      void operator()() const noexcept { op->bucket_.cancel(*op); }
+      TokenBucket* bucket;
+      Node* node;
+      void operator()() const noexcept { bucket->cancel(*node); }
+    };
+    struct Node : detail::Waiter {
+      std::coroutine_handle<> handle{};
+      std::atomic<bool> handoff{false};
+      std::optional<std::stop_callback<Canceller>> stop_callback;
     };
 
-    AcquireOperation(TokenBucket& bucket, double cost, detail::fine_t max_wait,
-                     std::stop_token stop)
-        : bucket_(bucket), stop_(std::move(stop)), max_wait_(max_wait) {
-      this->cost = cost;
-    }
+    AcquireOperation(TokenBucket& bucket, double cost, detail::fine_t max_wait, std::stop_token stop) noexcept
+        : bucket_(bucket), cost_(cost), max_wait_(max_wait), stop_(std::move(stop)) {}
 
     static void complete_thunk(detail::Waiter* w) noexcept {
-      auto* self = static_cast<AcquireOperation*>(w);
-      if (self->handoff_.exchange(true, std::memory_order_acq_rel)) self->handle_.resume();
+      auto* node = static_cast<Node*>(w);
+      if (node->handoff.exchange(true, std::memory_order_acq_rel)) node->handle.resume();
     }
 
     TokenBucket& bucket_;
-    std::stop_token stop_;
+    double cost_;
     detail::fine_t max_wait_;
-    std::coroutine_handle<> handle_{};
-    std::optional<std::stop_callback<Canceller>> stop_callback_;
-    std::atomic<bool> handoff_{false};
-    bool queued_ = false;
+    std::stop_token stop_;
     AcquireResult result_{};
+    bool built_ = false;
+    bool queued_ = false;
+    union {
+      Node node_;  // constructed in await_suspend only
+    };
   };
 
  private:

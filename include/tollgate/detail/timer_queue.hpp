@@ -1,16 +1,17 @@
 #pragma once
 // TimerQueue: the thread-safe armed-timer set shared by the schedulers.
 
-#include <condition_variable>
 #include <mutex>
 #include <thread>
 
 #include "../scheduler.hpp"
+#include "../spin_mutex.hpp"
 
 namespace tollgate::detail {
 
-/// A mutex-guarded TimerHeap that fires one timer at a time with no lock held,
-/// and whose `disarm` waits for a firing in progress on another thread.
+/// A lock-guarded TimerHeap that fires one timer at a time with no lock held,
+/// and whose `disarm` waits for a firing in progress on another thread. The
+/// lock is a SpinMutex: it only ever guards heap operations.
 template <class Clock>
 class TimerQueue {
  public:
@@ -27,12 +28,13 @@ class TimerQueue {
   void disarm(Node& n) {
     std::unique_lock lock(mutex_);
     heap_.erase(n);
-    if (firing_ == &n && firing_thread_ != std::this_thread::get_id()) {
-      ++disarm_waiters_;
-      idle_.wait(lock, [&] { return firing_ != &n; });
-      --disarm_waiters_;
-      heap_.erase(n);  // the callback may have re-armed it
+    if (firing_thread_ == std::this_thread::get_id()) return;  // from inside the callback
+    while (firing_ == &n) {  // rare: a destructor racing with this node's callback
+      lock.unlock();
+      std::this_thread::yield();
+      lock.lock();
     }
+    heap_.erase(n);  // the callback may have re-armed it
   }
 
   /// The earliest due instant, or nullopt-like `false` when nothing is armed.
@@ -67,20 +69,16 @@ class TimerQueue {
       n->fire(n->context);
       lock.lock();
       firing_ = nullptr;
-      if (disarm_waiters_ > 0) idle_.notify_all();
+      firing_thread_ = {};
       ++fired;
     }
     return fired;
   }
 
-  std::mutex& mutex() const { return mutex_; }
-
  private:
-  mutable std::mutex mutex_;
-  std::condition_variable idle_;
+  mutable SpinMutex mutex_;
   TimerHeap<Clock> heap_;
   Node* firing_ = nullptr;
-  int disarm_waiters_ = 0;
   std::thread::id firing_thread_{};
 };
 

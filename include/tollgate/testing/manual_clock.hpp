@@ -13,6 +13,8 @@
 #include <stdexcept>
 #include <vector>
 
+#include "../spin_mutex.hpp"
+
 namespace tollgate::testing {
 
 /// A clock whose time changes only through `advance`, `advance_to` and `set`.
@@ -99,7 +101,7 @@ class ManualClock {
  private:
   struct State {
     std::atomic<std::int64_t> ns{0};
-    std::mutex mutex;
+    SpinMutex mutex;
     std::vector<Listener*> listeners;
   };
 
