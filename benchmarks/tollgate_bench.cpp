@@ -8,6 +8,7 @@
 #include <chrono>
 #include <coroutine>
 #include <cstdlib>
+#include <malloc.h>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -28,17 +29,23 @@ std::atomic<long> g_bytes{0};
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 #endif
+// g_bytes: live heap bytes, as malloc really reserves them (usable size).
 void* operator new(std::size_t n) {
   g_allocs.fetch_add(1, std::memory_order_relaxed);
-  g_bytes.fetch_add(static_cast<long>(n), std::memory_order_relaxed);
-  if (void* p = std::malloc(n ? n : 1)) return p;
+  if (void* p = std::malloc(n ? n : 1)) {
+    g_bytes.fetch_add(static_cast<long>(malloc_usable_size(p)), std::memory_order_relaxed);
+    return p;
+  }
   throw std::bad_alloc();
 }
 void* operator new[](std::size_t n) { return operator new(n); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p) noexcept {
+  if (p) g_bytes.fetch_sub(static_cast<long>(malloc_usable_size(p)), std::memory_order_relaxed);
+  std::free(p);
+}
+void operator delete(void* p, std::size_t) noexcept { operator delete(p); }
+void operator delete[](void* p) noexcept { operator delete(p); }
+void operator delete[](void* p, std::size_t) noexcept { operator delete(p); }
 
 namespace {
 
@@ -253,6 +260,7 @@ void BM_Registry_ColdKeys(benchmark::State& st) {
   tollgate::BucketRegistry<> reg({.default_limit = Limit{10, 1}, .max_keys = 2 * kKeys});
   const long bytes_before = g_bytes.load();
   for (const auto& k : keys) (void)reg.try_acquire(std::string_view(k));  // all keys held (not full)
+  // Live bytes per key, keys included (malloc's real chunk sizes).
   const double bytes_per_key = double(g_bytes.load() - bytes_before) / double(kKeys);
   std::size_t i = 0;
   for (auto _ : st) {

@@ -2,28 +2,31 @@
 // BucketRegistry: one token bucket per key (user, API key, tenant), created on
 // first use, evicted when indistinguishable from a fresh one, capped in number.
 
+#include <algorithm>
 #include <atomic>
 #include <bit>
 #include <chrono>
+#include <coroutine>
 #include <cstddef>
-#include <algorithm>
+#include <cstdint>
 #include <functional>
 #include <limits>
 #include <memory>
 #include <mutex>
 #include <new>
 #include <optional>
-#include <stop_token>
-#include <coroutine>
 #include <stdexcept>
+#include <stop_token>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
+#include "detail/bucket_core.hpp"
+#include "detail/fine_time.hpp"
 #include "limit.hpp"
 #include "result.hpp"
+#include "spin_mutex.hpp"
 #include "token_bucket.hpp"
 
 namespace tollgate {
@@ -32,9 +35,7 @@ namespace tollgate {
 /// finds a `std::string` key without allocating.
 struct StringHash {
   using is_transparent = void;
-  std::size_t operator()(std::string_view s) const noexcept {
-    return std::hash<std::string_view>{}(s);
-  }
+  std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
 };
 
 /// What a BucketRegistry does with a new key once it holds `max_keys` keys
@@ -46,21 +47,30 @@ enum class OverflowPolicy {
 
 /// Per-key token buckets.
 ///
-/// `get(key)` returns a Handle to the key's bucket, creating it (full, with
-/// the key's Limit) on first use. While any Handle to a bucket exists, or it
-/// has waiters, or it is not full, it is kept. Every insertion sweeps a few
-/// other buckets of its shard and evicts those that are fresh (full, no
-/// waiters, no Handle): dropping such a bucket is unobservable, since a new
-/// one for the same key would be identical. Memory is thus bounded by the
-/// number of keys that are actually limited right now, and never more than
-/// `max_keys`, beyond which `overflow` decides (an existing key's limit is
-/// never reset).
+/// `try_acquire(key, cost)` is the hot path: one shard lock, one hash probe,
+/// the bucket arithmetic, no allocation once the key exists. A key is stored
+/// compactly (its key, one 128-bit instant and a tier index: about 100 bytes
+/// with a 16-character key, see the README) until somebody needs the whole
+/// bucket: `get(key)` returns a Handle to a full `TokenBucket` (for
+/// `acquire`, `refund`, `available`, ...), built from the key's state and kept
+/// while a Handle or a waiter holds it; afterwards it folds back into the
+/// compact form.
+///
+/// Eviction: every insertion sweeps a few other keys of its shard and drops
+/// those whose bucket is fresh (full, no waiters, no Handle). Dropping such a
+/// key is unobservable: a new bucket for it would be identical. So memory
+/// tracks the keys that are actually limited right now, with no call to
+/// remember, and never exceeds `max_keys` keys; past the cap `overflow`
+/// decides, and an existing key's limit is never reset.
+///
+/// Limits come from `default_limit` or `policy(key)` (tiers), decided once
+/// when a key is created.
 ///
 /// Thread safety: all members may be called concurrently. Keys are spread
 /// over `shards` shards, each with its own lock, so different keys rarely
-/// contend. Handles are cheap to copy and may outlive nothing but the registry.
-template <class Key = std::string, class Clock = std::chrono::steady_clock,
-          class Mutex = SpinMutex, class Hash = StringHash, class KeyEqual = std::equal_to<>>
+/// contend. A Handle must not outlive the registry.
+template <class Key = std::string, class Clock = std::chrono::steady_clock, class Mutex = SpinMutex,
+          class Hash = StringHash, class KeyEqual = std::equal_to<>>
 class BucketRegistry {
  public:
   using bucket_type = TokenBucket<Clock, Mutex>;
@@ -71,28 +81,58 @@ class BucketRegistry {
     Limit default_limit{};
     /// Per-key limits (tiers): called once, when a key's bucket is created.
     std::function<Limit(const Key&)> policy{};
-    /// Hard cap on the number of keys held (each has its own bucket).
+    /// Hard cap on the number of keys held.
     std::size_t max_keys = 1'000'000;
     OverflowPolicy overflow = OverflowPolicy::shared_bucket;
     /// The overflow bucket's limit (for `shared_bucket`); default: `default_limit`.
     std::optional<Limit> overflow_limit{};
     /// Number of shards, rounded up to a power of two.
     std::size_t shards = 16;
-    /// Buckets examined for eviction per insertion.
+    /// Keys examined for eviction per insertion.
     std::size_t sweep_per_insert = 2;
   };
 
-  class Handle;
-
  private:
-  struct Node;
+  struct Heavy {
+    Heavy(const Limit& l, const Clock& c, Scheduler<Clock>* s) : bucket(l, c, s) {}
+    bucket_type bucket;
+    std::atomic<std::uint32_t> pins{0};
+  };
 
  public:
-  explicit BucketRegistry(Options options, Clock clock = Clock{},
-                          Scheduler<Clock>* scheduler = nullptr)
+  /// A counted reference to a key's full bucket; while one exists (or the
+  /// bucket has waiters) the key is not evicted.
+  class Handle {
+   public:
+    Handle() noexcept = default;
+    Handle(const Handle& o) noexcept : heavy_(o.heavy_) { pin(); }
+    Handle(Handle&& o) noexcept : heavy_(std::exchange(o.heavy_, nullptr)) {}
+    Handle& operator=(Handle o) noexcept {
+      std::swap(heavy_, o.heavy_);
+      return *this;
+    }
+    ~Handle() {
+      if (heavy_) heavy_->pins.fetch_sub(1, std::memory_order_release);
+    }
+    explicit operator bool() const noexcept { return heavy_ != nullptr; }
+    bucket_type* get() const noexcept { return heavy_ ? &heavy_->bucket : nullptr; }
+    bucket_type* operator->() const noexcept { return get(); }
+    bucket_type& operator*() const noexcept { return *get(); }
+
+   private:
+    friend class BucketRegistry;
+    explicit Handle(Heavy* h) noexcept : heavy_(h) { pin(); }
+    void pin() noexcept {
+      if (heavy_) heavy_->pins.fetch_add(1, std::memory_order_relaxed);
+    }
+    Heavy* heavy_ = nullptr;
+  };
+
+  explicit BucketRegistry(Options options, Clock clock = Clock{}, Scheduler<Clock>* scheduler = nullptr)
       : options_(std::move(options)),
-        clock_(clock),
+        clock_(std::move(clock)),
         scheduler_(scheduler),
+        epoch_(clock_.now()),
         shards_(std::bit_ceil(options_.shards == 0 ? std::size_t{1} : options_.shards)) {
     options_.default_limit.validate("BucketRegistry::BucketRegistry (default_limit)");
     if (options_.max_keys == 0)
@@ -100,55 +140,77 @@ class BucketRegistry {
     if (options_.overflow == OverflowPolicy::shared_bucket) {
       const Limit l = options_.overflow_limit.value_or(options_.default_limit);
       l.validate("BucketRegistry::BucketRegistry (overflow_limit)");
-      overflow_ = std::make_unique<Node>(l, clock_, scheduler_);
-      overflow_->pins.store(1);  // never evicted
+      overflow_ = std::make_unique<Heavy>(l, clock_, scheduler_);
     }
   }
 
   BucketRegistry(const BucketRegistry&) = delete;
   BucketRegistry& operator=(const BucketRegistry&) = delete;
 
-  /// Returns a Handle to `key`'s bucket, creating it on first use. Over the
-  /// key cap: the overflow bucket, or a null Handle under `OverflowPolicy::reject`.
-  /// `key` may be anything `Hash` and `KeyEqual` accept with `Key` (for
-  /// string keys: std::string_view, const char*) - found without allocating.
+  ~BucketRegistry() {
+    for (Shard& s : shards_)
+      for (Entry& e : s.entries) delete e.heavy;
+  }
+
+  /// Takes `cost` from `key`'s bucket now if the tokens are there; never
+  /// blocks. As `TokenBucket::try_acquire`, plus `Status::rejected` for a new
+  /// key refused at the cap. `key` may be anything `Hash` and `KeyEqual`
+  /// accept with `Key` (for string keys: std::string_view, const char*).
   template <class K>
-  Handle get(const K& key) {
+  AcquireResult try_acquire(const K& key, double cost = 1) {
     const std::size_t h = Hash{}(key);
-    Shard& shard = shards_[h & (shards_.size() - 1)];
+    Shard& shard = shard_of(h);
+    const time_point now_tp = clock_.now();
     for (int attempt = 0;; ++attempt) {
       {
         std::lock_guard lock(shard.mutex);
-        if (auto it = shard.map.find(key); it != shard.map.end()) return Handle(&it->second);
-        sweep(shard, clock_.now(), options_.sweep_per_insert);
-        if (reserve_slot()) return insert(shard, key);
+        if (Entry* e = find_or_insert(shard, h, key, now_tp, attempt)) [[likely]] {
+          if (e->heavy) return e->heavy->bucket.try_acquire_at(now_tp, cost);
+          return compact_try(shard, *e, observe(shard, now_tp), cost);
+        }
       }
-      if (attempt == 1) return overflow_ ? Handle(overflow_.get()) : Handle();
-      // At the cap: evict every fresh bucket (all shards, one lock at a time), retry once.
-      sweep(std::numeric_limits<std::size_t>::max());
+      if (attempt == 1) return overflow_ ? overflow_->bucket.try_acquire_at(now_tp, cost) : rejected();
+      sweep(std::numeric_limits<std::size_t>::max());  // at the cap: evict fresh keys everywhere, retry once
     }
   }
 
-  /// `get(key)->try_acquire(cost)`; `Status::rejected` when the key was refused.
+  /// Returns a Handle to `key`'s full bucket, creating the key on first use.
+  /// Over the key cap: the overflow bucket, or a null Handle under
+  /// `OverflowPolicy::reject`.
   template <class K>
-  AcquireResult try_acquire(const K& key, double cost = 1) {
-    Handle h = get(key);
-    if (!h) return rejected();
-    return h->try_acquire(cost);
+  Handle get(const K& key) {
+    const std::size_t h = Hash{}(key);
+    Shard& shard = shard_of(h);
+    const time_point now_tp = clock_.now();
+    for (int attempt = 0;; ++attempt) {
+      {
+        std::lock_guard lock(shard.mutex);
+        if (Entry* e = find_or_insert(shard, h, key, now_tp, attempt)) {
+          if (!e->heavy) {
+            auto heavy = std::make_unique<Heavy>(shard.tiers[e->tier].limit, clock_, scheduler_);
+            heavy->bucket.import_state(epoch_, e->tat);
+            e->heavy = heavy.release();
+          }
+          return Handle(e->heavy);
+        }
+      }
+      if (attempt == 1) return overflow_ ? Handle(overflow_.get()) : Handle();
+      sweep(std::numeric_limits<std::size_t>::max());
+    }
   }
 
   /// The awaitable of `get(key)->acquire(cost, stop)`; it holds the Handle
   /// while waiting, so the key's bucket stays. See TokenBucket::acquire.
   class AcquireOperation {
    public:
-    bool await_ready() const noexcept { return false; }
-    bool await_suspend(std::coroutine_handle<> h) {
+    bool await_ready() noexcept {
       if (!op_) {
         result_ = rejected();
-        return false;
+        return true;
       }
-      return op_->await_suspend(h);
+      return op_->await_ready();
     }
+    bool await_suspend(std::coroutine_handle<> h) { return op_->await_suspend(h); }
     AcquireResult await_resume() noexcept { return op_ ? op_->await_resume() : result_; }
 
     AcquireOperation(const AcquireOperation&) = delete;
@@ -174,105 +236,200 @@ class BucketRegistry {
     return AcquireOperation(get(key), cost, std::move(stop));
   }
 
-  /// Number of keys that currently have their own bucket.
+  /// Number of keys held.
   std::size_t size() const noexcept { return size_.load(std::memory_order_relaxed); }
 
-  /// Examines up to `n` buckets of every shard and evicts the fresh ones.
-  /// Insertions already do this a little at a time; call it to shrink an idle
-  /// registry sooner. Returns the number evicted.
+  /// Examines up to `n` keys of every shard: evicts the fresh ones, and folds
+  /// unheld full buckets back into the compact form. Insertions already do
+  /// this a little at a time; call it to shrink an idle registry sooner.
+  /// Returns the number of keys evicted.
   std::size_t sweep(std::size_t n) {
     std::size_t evicted = 0;
-    const time_point now = clock_.now();
+    const time_point now_tp = clock_.now();
     for (Shard& s : shards_) {
       std::lock_guard lock(s.mutex);
-      evicted += sweep(s, now, n);
+      evicted += sweep(s, observe(s, now_tp), n);
     }
     return evicted;
   }
 
-  /// A counted reference to a bucket; the bucket is not evicted while one exists.
-  class Handle {
-   public:
-    Handle() noexcept = default;
-    Handle(const Handle& o) noexcept : node_(o.node_) { pin(); }
-    Handle(Handle&& o) noexcept : node_(std::exchange(o.node_, nullptr)) {}
-    Handle& operator=(Handle o) noexcept {
-      std::swap(node_, o.node_);
-      return *this;
+ private:
+  struct Tier {
+    Limit limit;
+    detail::fine_t tau;
+    double last_cost = -1;
+    detail::fine_t last_interval = 0;
+    detail::fine_t interval(double cost) noexcept {
+      if (cost != last_cost) {
+        last_cost = cost;
+        last_interval = detail::fine_interval(cost, limit.rate);
+      }
+      return last_interval;
     }
-    ~Handle() {
-      if (node_) node_->pins.fetch_sub(1, std::memory_order_release);
-    }
-    explicit operator bool() const noexcept { return node_ != nullptr; }
-    bucket_type* get() const noexcept { return node_ ? &node_->bucket : nullptr; }
-    bucket_type* operator->() const noexcept { return get(); }
-    bucket_type& operator*() const noexcept { return *get(); }
-
-   private:
-    friend class BucketRegistry;
-    explicit Handle(typename BucketRegistry::Node* n) noexcept : node_(n) { pin(); }
-    void pin() noexcept {
-      if (node_) node_->pins.fetch_add(1, std::memory_order_relaxed);
-    }
-    typename BucketRegistry::Node* node_ = nullptr;
   };
 
- private:
-  struct Node {
-    Node(const Limit& limit, const Clock& clock, Scheduler<Clock>* scheduler)
-        : bucket(limit, clock, scheduler) {}
-    bucket_type bucket;
-    std::atomic<std::uint32_t> pins{0};
-    const Key* key = nullptr;
-    std::size_t order_index = 0;
+  struct Entry {
+    Key key;
+    detail::fine_t tat;      // compact state (registry-relative) while `heavy` is null
+    Heavy* heavy = nullptr;  // the full bucket, when one is in use (owned)
+    std::uint32_t tier = 0;
   };
 
   struct Shard {
-    std::mutex mutex;
-    std::unordered_map<Key, Node, Hash, KeyEqual> map;
-    std::vector<Node*> order;  // for sweeping; order_index is each node's slot
+    SpinMutex mutex;
+    std::vector<Entry> entries;        // dense; `cursor` sweeps it
+    std::vector<std::uint64_t> slots;  // open addressing: 0 empty, else hash32 << 32 | index + 1
+    std::vector<Tier> tiers;           // distinct limits of this shard's keys
+    detail::fine_t last_now = std::numeric_limits<std::int64_t>::min();
     std::size_t cursor = 0;
   };
 
-  static AcquireResult rejected() noexcept {
-    return AcquireResult::failed(Status::rejected, Reason::key_cap_reached);
+  static AcquireResult rejected() noexcept { return AcquireResult::failed(Status::rejected, Reason::key_cap_reached); }
+
+  Shard& shard_of(std::size_t h) noexcept {
+    return shards_[(h >> 48) & (shards_.size() - 1)];  // high bits: the slots use the low ones
   }
+
+  detail::fine_t observe(Shard& s, time_point now_tp) const noexcept {
+    const detail::fine_t now =
+        detail::fine_from_ns(std::chrono::duration_cast<std::chrono::nanoseconds>(now_tp - epoch_).count());
+    if (now > s.last_now) s.last_now = now;
+    return s.last_now;
+  }
+
+  static AcquireResult compact_try(Shard& s, Entry& e, detail::fine_t now, double cost) noexcept {
+    Tier& t = s.tiers[e.tier];
+    const AcquireResult check = detail::check_cost(cost, t.limit.capacity);
+    if (!check) [[unlikely]]
+      return check;
+    const detail::fine_t iv = t.interval(cost);
+    detail::fine_t base = e.tat;
+    if (base < now - t.tau) base = now - t.tau;
+    const detail::fine_t end = base + iv;
+    if (end <= now) {
+      e.tat = end;
+      return AcquireResult::acquired();
+    }
+    return AcquireResult::not_now(detail::to_ns_ceil(end - now));
+  }
+
+  // ---- the open-addressing index ----------------------------------------------
+  static std::uint32_t hash32(std::size_t h) noexcept { return static_cast<std::uint32_t>(h); }
 
   template <class K>
-  Handle insert(Shard& shard, const K& key) {
-    Key k(key);
-    const Limit limit = options_.policy ? options_.policy(k) : options_.default_limit;
-    auto [it, inserted] = shard.map.try_emplace(std::move(k), limit, clock_, scheduler_);
-    (void)inserted;
-    Node& node = it->second;
-    node.key = &it->first;
-    node.order_index = shard.order.size();
-    shard.order.push_back(&node);
-    return Handle(&node);
+  Entry* find(Shard& s, std::size_t h, const K& key) noexcept {
+    if (s.slots.empty()) return nullptr;
+    const std::size_t mask = s.slots.size() - 1;
+    const std::uint64_t tag = std::uint64_t{hash32(h)} << 32;
+    for (std::size_t i = hash32(h) & mask;; i = (i + 1) & mask) {
+      const std::uint64_t slot = s.slots[i];
+      if (slot == 0) return nullptr;
+      if ((slot & 0xffffffff00000000u) == tag) {
+        Entry& e = s.entries[(slot & 0xffffffffu) - 1];
+        if (KeyEqual{}(e.key, key)) return &e;
+      }
+    }
   }
 
-  bool reserve_slot() noexcept {
-    std::size_t n = size_.load(std::memory_order_relaxed);
-    while (n < options_.max_keys) {
-      if (size_.compare_exchange_weak(n, n + 1, std::memory_order_relaxed)) return true;
+  static void place(Shard& s, std::size_t h, std::size_t index) noexcept {
+    const std::size_t mask = s.slots.size() - 1;
+    std::size_t i = hash32(h) & mask;
+    while (s.slots[i] != 0) i = (i + 1) & mask;
+    s.slots[i] = (std::uint64_t{hash32(h)} << 32) | (index + 1);
+  }
+
+  static void grow(Shard& s) {
+    std::vector<std::uint64_t> slots(s.slots.empty() ? 16 : s.slots.size() * 2, 0);
+    s.slots.swap(slots);
+    for (std::size_t i = 0; i < s.entries.size(); ++i) place(s, Hash{}(s.entries[i].key), i);
+  }
+
+  // Finds the slot holding `index`, starting at the home of hash `h`.
+  static std::size_t slot_of(const Shard& s, std::size_t h, std::size_t index) noexcept {
+    const std::size_t mask = s.slots.size() - 1;
+    std::size_t i = hash32(h) & mask;
+    while ((s.slots[i] & 0xffffffffu) != index + 1) i = (i + 1) & mask;
+    return i;
+  }
+
+  // Removes entry `index` (its heavy bucket already dealt with).
+  void erase(Shard& s, std::size_t index) noexcept {
+    const std::size_t mask = s.slots.size() - 1;
+    // 1. Empty its slot, shifting later members of the probe run back.
+    std::size_t i = slot_of(s, Hash{}(s.entries[index].key), index);
+    s.slots[i] = 0;
+    for (std::size_t j = (i + 1) & mask; s.slots[j] != 0; j = (j + 1) & mask) {
+      const std::size_t home = (s.slots[j] >> 32) & mask;
+      if (((j - home) & mask) >= ((j - i) & mask)) {
+        s.slots[i] = s.slots[j];
+        s.slots[j] = 0;
+        i = j;
+      }
     }
+    // 2. Move the last entry into the hole, and repoint its slot.
+    const std::size_t last = s.entries.size() - 1;
+    if (index != last) {
+      std::uint64_t& moved = s.slots[slot_of(s, Hash{}(s.entries[last].key), last)];
+      moved = (moved & 0xffffffff00000000u) | (index + 1);
+      s.entries[index] = std::move(s.entries[last]);
+    }
+    s.entries.pop_back();
+    size_.fetch_sub(1, std::memory_order_relaxed);
+  }
+
+  std::uint32_t tier_for(Shard& s, const Limit& limit) {
+    for (std::size_t i = 0; i < s.tiers.size(); ++i)
+      if (s.tiers[i].limit == limit) return static_cast<std::uint32_t>(i);
+    limit.validate("BucketRegistry: policy");
+    s.tiers.push_back(Tier{limit, detail::fine_interval(limit.capacity, limit.rate)});
+    return static_cast<std::uint32_t>(s.tiers.size() - 1);
+  }
+
+  bool reserve_key() noexcept {
+    std::size_t n = size_.load(std::memory_order_relaxed);
+    while (n < options_.max_keys)
+      if (size_.compare_exchange_weak(n, n + 1, std::memory_order_relaxed)) return true;
     return false;
   }
 
-  // Examines up to `n` nodes from the shard's cursor; evicts fresh, unpinned ones.
-  std::size_t sweep(Shard& s, time_point now, std::size_t n) {
+  // With the shard locked: the key's entry, inserted if new; null when the
+  // key is new and the registry is at its cap.
+  template <class K>
+  Entry* find_or_insert(Shard& s, std::size_t h, const K& key, time_point now_tp, int attempt) {
+    if (Entry* e = find(s, h, key)) [[likely]]
+      return e;
+    const detail::fine_t now = observe(s, now_tp);
+    sweep(s, now, attempt == 0 ? options_.sweep_per_insert : 0);
+    if (!reserve_key()) return nullptr;
+    Key k(key);
+    const Limit limit = options_.policy ? options_.policy(k) : options_.default_limit;
+    const std::uint32_t tier = tier_for(s, limit);
+    if ((s.entries.size() + 1) * 2 > s.slots.size()) grow(s);
+    s.entries.push_back(Entry{std::move(k), now - s.tiers[tier].tau, nullptr, tier});
+    place(s, h, s.entries.size() - 1);
+    return &s.entries.back();
+  }
+
+  // Examines up to `n` entries from the cursor: folds unheld full buckets back
+  // into the compact form, and evicts keys whose bucket is fresh.
+  std::size_t sweep(Shard& s, detail::fine_t now, std::size_t n) {
     std::size_t evicted = 0;
-    n = std::min(n, s.order.size());
-    for (std::size_t i = 0; i < n && !s.order.empty(); ++i) {
-      if (s.cursor >= s.order.size()) s.cursor = 0;
-      Node* node = s.order[s.cursor];
-      if (node->pins.load(std::memory_order_acquire) == 0 && node->bucket.is_fresh_at(now)) {
-        Node* last = s.order.back();
-        s.order[node->order_index] = last;
-        last->order_index = node->order_index;
-        s.order.pop_back();
-        s.map.erase(*node->key);
-        size_.fetch_sub(1, std::memory_order_relaxed);
+    n = std::min(n, s.entries.size());
+    for (std::size_t k = 0; k < n && !s.entries.empty(); ++k) {
+      if (s.cursor >= s.entries.size()) s.cursor = 0;
+      Entry& e = s.entries[s.cursor];
+      if (e.heavy) {
+        detail::fine_t tat;
+        if (e.heavy->pins.load(std::memory_order_acquire) != 0 || !e.heavy->bucket.export_state(epoch_, tat)) {
+          ++s.cursor;
+          continue;
+        }
+        delete e.heavy;
+        e.heavy = nullptr;
+        e.tat = tat;
+      }
+      if (now - e.tat >= s.tiers[e.tier].tau) {
+        erase(s, s.cursor);
         ++evicted;
       } else {
         ++s.cursor;
@@ -284,8 +441,9 @@ class BucketRegistry {
   Options options_;
   Clock clock_;
   Scheduler<Clock>* scheduler_;
+  time_point epoch_;
   std::vector<Shard> shards_;
-  std::unique_ptr<Node> overflow_;
+  std::unique_ptr<Heavy> overflow_;
   std::atomic<std::size_t> size_{0};
 };
 

@@ -26,6 +26,9 @@
 
 namespace tollgate {
 
+template <class Key, class Clock, class Mutex, class Hash, class KeyEqual>
+class BucketRegistry;
+
 /// A token bucket: `capacity` cost units of burst, refilled continuously at
 /// `rate` units per second, starting full. The cost of a call is whatever the
 /// upstream meters: 1 per request, N LLM tokens, bytes.
@@ -323,6 +326,25 @@ class TokenBucket {
   };
 
  private:
+  template <class, class, class, class, class>
+  friend class BucketRegistry;
+
+  // For BucketRegistry: this bucket's paid-up-to instant, in fine units since
+  // `epoch` (another origin), if no waiter is queued.
+  bool export_state(time_point epoch, detail::fine_t& tat) const {
+    std::lock_guard lock(mutex_);
+    if (!core_.idle()) return false;
+    tat = core_.tat() + offset_from(epoch);
+    return true;
+  }
+  void import_state(time_point epoch, detail::fine_t tat) {
+    std::lock_guard lock(mutex_);
+    core_.set_tat(tat - offset_from(epoch));
+  }
+  detail::fine_t offset_from(time_point epoch) const noexcept {
+    return detail::fine_from_ns(std::chrono::duration_cast<std::chrono::nanoseconds>(origin_ - epoch).count());
+  }
+
   static const Limit& checked(const Limit& limit) {
     limit.validate("TokenBucket::TokenBucket");
     return limit;

@@ -217,6 +217,13 @@ class BucketCore {
 
   std::size_t waiters() const noexcept { return pending_.size(); }
 
+  /// True when no waiter is queued or granted-but-not-completed.
+  bool idle() const noexcept { return pending_.empty() && ready_.empty(); }
+
+  /// Replaces the paid-up-to instant (moving a bucket's state between
+  /// representations). Only when idle.
+  void set_tat(fine_t tat) noexcept { tat_ = tat; }
+
   /// Settles the tokens accrued so far under the old limit, then applies
   /// `limit` (already validated) and re-times the pending waiters in their
   /// order. A waiter whose cost now exceeds the capacity finishes `never`; one
