@@ -255,33 +255,38 @@ class TokenBucket {
       node_.~Node();
     }
 
-    /// The fast path: takes the tokens (or fails for good) without suspending.
+    /// Takes the tokens, fails for good, or joins the queue: all under one
+    /// lock acquisition. Returns false only when the coroutine must wait.
     bool await_ready() noexcept {
       if (stop_.stop_requested()) {
         result_ = cancelled_result();
         return true;
       }
-      result_ = bucket_.try_acquire(cost_);
-      return result_.status() != Status::not_now;
-    }
-
-    bool await_suspend(std::coroutine_handle<> handle) {
-      ::new (static_cast<void*>(&node_)) Node();
-      built_ = true;
-      node_.cost = cost_;
-      node_.handle = handle;
-      node_.on_complete = &AcquireOperation::complete_thunk;
-      if (std::optional<AcquireResult> early = bucket_.enqueue(node_, max_wait_)) {
-        result_ = *early;
+      const Begin b = bucket_.begin(*this);
+      if (b.queued) {
+        queued_ = true;
         return false;
       }
-      queued_ = true;
+      if (b.result.ok()) [[likely]] {
+        // Only a flag goes through the coroutine frame on the hot path: a
+        // 16-byte result stored and reloaded there stalls store forwarding.
+        acquired_ = true;
+        return true;
+      }
+      result_ = b.result;
+      return true;
+    }
+
+    /// Already queued by await_ready: records the handle, registers the stop
+    /// callback, and hands off with the completion (whoever comes second resumes).
+    bool await_suspend(std::coroutine_handle<> handle) {
+      node_.handle = handle;
       if (stop_.stop_possible()) node_.stop_callback.emplace(stop_, Canceller{&bucket_, &node_});
-      // Whoever comes second (this line or the completion) resumes the coroutine.
       return !node_.handoff.exchange(true, std::memory_order_acq_rel);
     }
 
     AcquireResult await_resume() noexcept {
+      if (acquired_) return AcquireResult::acquired();
       if (queued_) {
         node_.stop_callback.reset();
         queued_ = false;
@@ -308,9 +313,18 @@ class TokenBucket {
     AcquireOperation(TokenBucket& bucket, double cost, detail::fine_t max_wait, std::stop_token stop) noexcept
         : bucket_(bucket), cost_(cost), max_wait_(max_wait), stop_(std::move(stop)) {}
 
+    void build_node() noexcept {
+      ::new (static_cast<void*>(&node_)) Node();
+      built_ = true;
+      node_.cost = cost_;
+      node_.on_complete = &AcquireOperation::complete_thunk;
+    }
+
     static void complete_thunk(detail::Waiter* w) noexcept {
       auto* node = static_cast<Node*>(w);
-      if (node->handoff.exchange(true, std::memory_order_acq_rel)) node->handle.resume();
+      // Usually await_suspend finished long ago: a load then suffices.
+      if (node->handoff.load(std::memory_order_acquire) || node->handoff.exchange(true, std::memory_order_acq_rel))
+        node->handle.resume();
     }
 
     TokenBucket& bucket_;
@@ -320,6 +334,7 @@ class TokenBucket {
     AcquireResult result_{};
     bool built_ = false;
     bool queued_ = false;
+    bool acquired_ = false;
     union {
       Node node_;  // constructed in await_suspend only
     };
@@ -391,6 +406,33 @@ class TokenBucket {
     if constexpr (Clock::is_steady)  // a real monotonic clock: a background timer thread
       return scheduler_ = &TimerThreadScheduler<Clock>::shared();
     return nullptr;
+  }
+
+  struct Begin {
+    AcquireResult result;
+    bool queued;
+  };
+
+  // The coroutine path: acquires at once, fails for good, or builds the
+  // operation's node and queues it, under one lock acquisition.
+  Begin begin(AcquireOperation& op) {
+    const bool can_wait = scheduler() != nullptr;
+    const detail::fine_t t = rel(clock_.now());
+    detail::WaiterList done;  // earlier waiters found due on the way
+    detail::Admission a;
+    {
+      std::lock_guard lock(mutex_);
+      const AcquireResult r = core_.try_acquire(t, op.cost_);
+      if (r.status() != Status::not_now) [[likely]]
+        return {r, false};
+      if (!can_wait) return {AcquireResult::failed(Status::invalid, Reason::no_scheduler, op.cost_), false};
+      op.build_node();
+      a = core_.admit(t, op.node_, op.max_wait_);
+      core_.take_ready(done);
+      sync_timer();
+    }
+    detail::complete_all(done);
+    return {a.result, a.queued};
   }
 
   // Queues `w` unless it completes at once; returns the immediate result then.

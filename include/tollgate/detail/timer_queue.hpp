@@ -1,6 +1,7 @@
 #pragma once
 // TimerQueue: the thread-safe armed-timer set shared by the schedulers.
 
+#include <atomic>
 #include <mutex>
 #include <thread>
 
@@ -28,12 +29,11 @@ class TimerQueue {
   void disarm(Node& n) {
     std::unique_lock lock(mutex_);
     heap_.erase(n);
-    if (firing_thread_ == std::this_thread::get_id()) return;  // from inside the callback
-    while (firing_ == &n) {  // rare: a destructor racing with this node's callback
-      lock.unlock();
-      std::this_thread::yield();
-      lock.lock();
-    }
+    if (firing_.load(std::memory_order_acquire) != &n) return;
+    if (firing_thread_ == std::this_thread::get_id()) return;  // from inside its own callback
+    lock.unlock();
+    while (firing_.load(std::memory_order_acquire) == &n) std::this_thread::yield();  // rare race
+    lock.lock();
     heap_.erase(n);  // the callback may have re-armed it
   }
 
@@ -57,19 +57,20 @@ class TimerQueue {
   template <class Before>
   std::size_t fire_due(time_point limit, Before before) {
     std::size_t fired = 0;
-    std::unique_lock lock(mutex_);
+    const std::thread::id self = std::this_thread::get_id();
     for (;;) {
-      Node* n = heap_.top();
-      if (!n || n->due > limit) break;
-      heap_.pop();
-      before(n->due);
-      firing_ = n;
-      firing_thread_ = std::this_thread::get_id();
-      lock.unlock();
+      Node* n;
+      {
+        std::lock_guard lock(mutex_);
+        n = heap_.top();
+        if (!n || n->due > limit) break;
+        heap_.pop();
+        before(n->due);
+        firing_thread_ = self;
+        firing_.store(n, std::memory_order_relaxed);
+      }
       n->fire(n->context);
-      lock.lock();
-      firing_ = nullptr;
-      firing_thread_ = {};
+      firing_.store(nullptr, std::memory_order_release);
       ++fired;
     }
     return fired;
@@ -78,7 +79,7 @@ class TimerQueue {
  private:
   mutable SpinMutex mutex_;
   TimerHeap<Clock> heap_;
-  Node* firing_ = nullptr;
+  std::atomic<Node*> firing_{nullptr};
   std::thread::id firing_thread_{};
 };
 

@@ -64,14 +64,8 @@ class ManualClock {
 
   /// Moves time forward to `t` (no-op if `t` has passed), firing due timers.
   void advance_to(time_point t) {
-    std::array<Listener*, kMaxListeners> listeners;  // a copy without allocating
-    std::size_t n;
-    {
-      std::lock_guard lock(state_->mutex);
-      n = state_->listeners.size();
-      std::copy(state_->listeners.begin(), state_->listeners.end(), listeners.begin());
-    }
-    for (std::size_t i = 0; i < n; ++i) listeners[i]->run_until(t);
+    const std::size_t n = state_->count.load(std::memory_order_acquire);
+    for (std::size_t i = 0; i < n; ++i) state_->listeners[i].load(std::memory_order_acquire)->run_until(t);
     if (t > now()) set(t);
   }
 
@@ -83,16 +77,24 @@ class ManualClock {
   /// At most this many listeners (schedulers) per clock.
   static constexpr std::size_t kMaxListeners = 8;
 
+  /// Attaches a scheduler. Not concurrently with advance().
   void attach(Listener& l) {
     std::lock_guard lock(state_->mutex);
-    if (state_->listeners.size() == kMaxListeners)
-      throw std::length_error("ManualClock::attach: at most 8 schedulers per clock");
-    state_->listeners.push_back(&l);
+    const std::size_t n = state_->count.load(std::memory_order_relaxed);
+    if (n == kMaxListeners) throw std::length_error("ManualClock::attach: at most 8 schedulers per clock");
+    state_->listeners[n].store(&l, std::memory_order_relaxed);
+    state_->count.store(n + 1, std::memory_order_release);
   }
+  /// Detaches a scheduler. Not concurrently with advance().
   void detach(Listener& l) {
     std::lock_guard lock(state_->mutex);
-    auto& v = state_->listeners;
-    v.erase(std::remove(v.begin(), v.end(), &l), v.end());
+    const std::size_t n = state_->count.load(std::memory_order_relaxed);
+    std::size_t j = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      Listener* x = state_->listeners[i].load(std::memory_order_relaxed);
+      if (x != &l) state_->listeners[j++].store(x, std::memory_order_relaxed);
+    }
+    state_->count.store(j, std::memory_order_release);
   }
 
   /// The largest time point; clocks "near the top of their range" start close to it.
@@ -101,8 +103,9 @@ class ManualClock {
  private:
   struct State {
     std::atomic<std::int64_t> ns{0};
-    SpinMutex mutex;
-    std::vector<Listener*> listeners;
+    SpinMutex mutex;  // serializes attach/detach
+    std::array<std::atomic<Listener*>, kMaxListeners> listeners{};
+    std::atomic<std::size_t> count{0};
   };
 
   static std::string message(const char* fn, const char* what, duration d) {
