@@ -390,19 +390,20 @@ TEST_CASE("acquire: failures carry a reason", "[acquire]") {
 TEST_CASE("TimerThreadScheduler: resumes waiters on its own thread", "[acquire][timer-thread]") {
   // A real steady_clock bucket, drained, then 50 waiters of 1 ms each: the
   // test blocks on an atomic (no sleep, no clock reading) until all resumed.
+  // `tasks` is declared first so that it is destroyed last, after the
+  // scheduler's thread has been joined.
+  std::vector<Task> tasks;
   tollgate::TimerThreadScheduler<> sched;
   tollgate::TokenBucket<> bucket(Limit{50, 50'000}, {}, &sched);
   REQUIRE(bucket.try_acquire(50).ok());
   constexpr int kWaiters = 50;
   std::atomic<int> left{kWaiters};
   std::atomic<int> on_timer_thread{0};
-  std::vector<Task> tasks;
   const auto test_thread = std::this_thread::get_id();
   for (int i = 0; i < kWaiters; ++i) {
     tasks.push_back([](auto& b, std::atomic<int>& n, std::atomic<int>& other, std::thread::id me) -> Task {
       if (co_await b.acquire(50) && std::this_thread::get_id() != me) other.fetch_add(1);
-      n.fetch_sub(1);
-      n.notify_all();
+      if (n.fetch_sub(1) == 1) n.notify_all();
     }(bucket, left, on_timer_thread, test_thread));
   }
   for (int v = left.load(); v != 0; v = left.load()) left.wait(v);
