@@ -17,9 +17,12 @@
 #include <tollgate/token_bucket.hpp>
 
 #include "catch.hpp"
+#include "reference_model.hpp"
 #include "test_support.hpp"
 
 using namespace tgtest;
+using tgtest::Event;
+using tgtest::Model;
 using tollgate::AcquireResult;
 using tollgate::Limit;
 using tollgate::NullMutex;
@@ -27,65 +30,6 @@ using tollgate::Status;
 using tollgate::testing::ManualScheduler;
 
 namespace {
-
-struct Event {
-  int id;
-  std::int64_t t_ns;
-  std::int64_t cost;
-  Status status;
-  friend bool operator==(const Event&, const Event&) = default;
-  friend std::ostream& operator<<(std::ostream& os, const Event& e) {
-    return os << "{id " << e.id << ", t " << e.t_ns << ", cost " << e.cost << ", "
-              << tollgate::to_string(e.status) << "}";
-  }
-};
-
-// The reference: a plain token count in nano-units (1 unit = 10^9 nano-units,
-// so a rate of r units/s adds exactly r nano-units per ns), a FIFO queue, and
-// waiters served at the first whole nanosecond their cost is there.
-class Model {
- public:
-  Model(std::int64_t capacity, std::int64_t rate) : cap_(capacity * kNano), rate_(rate), level_(cap_) {}
-
-  void advance_to(std::int64_t t, std::vector<Event>& out) {
-    while (!queue_.empty()) {
-      auto [id, cost] = queue_.front();
-      const std::int64_t need = cost * kNano - level_;
-      const std::int64_t dt = need <= 0 ? 0 : (need + rate_ - 1) / rate_;
-      if (now_ + dt > t) break;
-      refill(dt);
-      level_ -= cost * kNano;
-      queue_.pop_front();
-      out.push_back({id, now_, cost, Status::acquired});
-    }
-    refill(t - now_);
-  }
-  bool try_acquire(std::int64_t cost) {
-    if (!queue_.empty() || level_ < cost * kNano) return false;
-    level_ -= cost * kNano;
-    return true;
-  }
-  void enqueue(int id, std::int64_t cost) { queue_.push_back({id, cost}); }
-  bool cancel(int id) {
-    auto it = std::find_if(queue_.begin(), queue_.end(), [&](auto& p) { return p.first == id; });
-    if (it == queue_.end()) return false;
-    queue_.erase(it);
-    return true;
-  }
-  bool queued(int id) const {
-    return std::any_of(queue_.begin(), queue_.end(), [&](auto& p) { return p.first == id; });
-  }
-  std::int64_t now() const { return now_; }
-
- private:
-  static constexpr std::int64_t kNano = 1'000'000'000;
-  void refill(std::int64_t dt) {
-    now_ += dt;
-    level_ = std::min(cap_, level_ + rate_ * dt);
-  }
-  std::int64_t cap_, rate_, level_, now_ = 0;
-  std::deque<std::pair<int, std::int64_t>> queue_;
-};
 
 template <class Bucket>
 Task run_waiter(Bucket& b, int id, std::int64_t cost, std::stop_token stop, std::vector<Event>& out,

@@ -159,3 +159,20 @@ TEST_CASE("core: tiny and huge rates keep their precision", "[core]") {
     CHECK(core.try_acquire(fine_from_ns(1000), 3000).ok());  // exactly 1 us
   }
 }
+
+TEST_CASE("core: available() never rounds up to capacity (regression, found by fuzz_registry)", "[core]") {
+  // At rate 3/s the level a few 2^-32 ns short of full converted to double
+  // gave exactly 6.0: a not-full bucket reported as full, and
+  // try_acquire(available()) failed.
+  BucketCore core(Limit{6, 3});
+  REQUIRE(core.try_acquire(0, 6).ok());
+  for (tollgate::detail::fine_t short_by : {1, 2, 100, 1 << 20}) {
+    BucketCore c = core;
+    const auto now = core.tau() - short_by;
+    const double avail = c.available(now);
+    INFO("short by " << static_cast<long long>(short_by) << " fine units: available " << avail);
+    CHECK(avail < 6);
+    CHECK(c.try_acquire(now, avail).ok());
+  }
+  CHECK(core.available(core.tau()) == 6);
+}

@@ -410,25 +410,43 @@ class BucketRegistry {
     return &s.entries.back();
   }
 
+  // Folds an unheld full bucket back into the compact form if it is idle.
+  // Returns false while the entry's full bucket is held or has waiters.
+  bool fold(Entry& e) {
+    if (!e.heavy) return true;
+    detail::fine_t tat;
+    if (e.heavy->pins.load(std::memory_order_acquire) != 0 || !e.heavy->bucket.export_state(epoch_, tat))
+      return false;
+    delete e.heavy;
+    e.heavy = nullptr;
+    e.tat = tat;
+    return true;
+  }
+
+  bool fresh(const Shard& s, const Entry& e, detail::fine_t now) const noexcept {
+    return now - e.tat >= s.tiers[e.tier].tau;
+  }
+
   // Examines up to `n` entries from the cursor: folds unheld full buckets back
-  // into the compact form, and evicts keys whose bucket is fresh.
+  // into the compact form, and evicts keys whose bucket is fresh. With `n` at
+  // least the shard's size, every entry is examined exactly once.
   std::size_t sweep(Shard& s, detail::fine_t now, std::size_t n) {
     std::size_t evicted = 0;
-    n = std::min(n, s.entries.size());
+    if (n >= s.entries.size()) {
+      // Backwards: erasing entry i moves the last one, already examined, into i.
+      for (std::size_t i = s.entries.size(); i-- > 0;) {
+        if (fold(s.entries[i]) && fresh(s, s.entries[i], now)) {
+          erase(s, i);
+          ++evicted;
+        }
+      }
+      s.cursor = 0;
+      return evicted;
+    }
     for (std::size_t k = 0; k < n && !s.entries.empty(); ++k) {
       if (s.cursor >= s.entries.size()) s.cursor = 0;
       Entry& e = s.entries[s.cursor];
-      if (e.heavy) {
-        detail::fine_t tat;
-        if (e.heavy->pins.load(std::memory_order_acquire) != 0 || !e.heavy->bucket.export_state(epoch_, tat)) {
-          ++s.cursor;
-          continue;
-        }
-        delete e.heavy;
-        e.heavy = nullptr;
-        e.tat = tat;
-      }
-      if (now - e.tat >= s.tiers[e.tier].tau) {
+      if (fold(e) && fresh(s, e, now)) {
         erase(s, s.cursor);
         ++evicted;
       } else {

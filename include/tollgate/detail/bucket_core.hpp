@@ -201,12 +201,17 @@ class BucketCore {
   }
 
   /// Unreserved tokens at `now`: what a try_acquire could take, in [0, capacity].
+  /// Rounded down: `try_acquire(available())` always succeeds, and the full
+  /// capacity is reported only when the bucket is exactly full.
   double available(fine_t now) noexcept {
     now = observe(now);
-    fine_t level = now - tat_;
+    const fine_t level = now - tat_;
     if (level <= 0) return 0;
     if (level >= tau_) return limit_.capacity;
-    return static_cast<double>(level) / fine_per_unit_;
+    double v = static_cast<double>(level) / fine_per_unit_;
+    if (v > limit_.capacity) v = limit_.capacity;
+    while (v > 0 && fine_interval(v, limit_.rate) > level) v = std::nextafter(v, 0.0);
+    return v;
   }
 
   /// True when the bucket is indistinguishable from a new full one at `now`.

@@ -1,0 +1,155 @@
+// fuzz_bucket: bytes decode into operations on one bucket and the manual clock
+// (advance, try_acquire, acquire, stop, destroy, refund). After every step the
+// bucket must agree with the reference model event by event; at the end every
+// window conforms (refunds counted as negative admissions), every waiter
+// completed exactly once unless destroyed, none twice, in FIFO order.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <stop_token>
+#include <vector>
+
+#include <tollgate/testing/manual_clock.hpp>
+#include <tollgate/testing/manual_scheduler.hpp>
+#include <tollgate/token_bucket.hpp>
+
+#include "reference_model.hpp"
+#include "test_support.hpp"
+
+namespace {
+
+using namespace tgtest;
+using Bucket = tollgate::TokenBucket<ManualClock, tollgate::NullMutex>;
+
+[[noreturn]] void fail(const char* what, long a = 0, long b = 0) {
+  std::fprintf(stderr, "fuzz_bucket: invariant broken: %s (%ld, %ld)\n", what, a, b);
+  std::abort();
+}
+
+struct Reader {
+  const std::uint8_t* p;
+  std::size_t n;
+  std::uint8_t byte() {
+    if (n == 0) return 0;
+    --n;
+    return *p++;
+  }
+};
+
+Task waiter(Bucket& b, int id, std::int64_t cost, std::stop_token stop, std::vector<Event>& out,
+            const ManualClock& clock, std::vector<int>& completions) {
+  tollgate::AcquireResult r = co_await b.acquire(double(cost), std::move(stop));
+  if (++completions[static_cast<std::size_t>(id)] > 1) fail("waiter resumed twice", id);
+  out.push_back({id, ns_of(clock.now()), cost, r.status()});
+}
+
+constexpr std::size_t kMaxWaiters = 200;
+constexpr int kMaxSteps = 600;
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  Reader in{data, size};
+  static constexpr std::int64_t rates[] = {1, 2, 4, 5, 10, 1000};
+  const std::int64_t capacity = 1 + in.byte() % 16;
+  const std::int64_t rate = rates[in.byte() % 6];
+
+  ManualClock clock;
+  tollgate::testing::ManualScheduler sched(clock);
+  std::vector<Event> got, want;
+  std::vector<Admission> net;  // admissions (+) and refunds (-), for the window check
+  std::vector<int> completions(kMaxWaiters, 0);
+  std::vector<std::stop_source> stops(kMaxWaiters);
+  std::vector<bool> destroyed(kMaxWaiters, false);
+  std::vector<Task> tasks;
+  tasks.reserve(kMaxWaiters);
+  {
+    Bucket bucket(tollgate::Limit{double(capacity), double(rate)}, clock, &sched);
+    Model model(capacity, rate);
+    auto now = [&] { return ns_of(clock.now()); };
+
+    for (int step = 0; step < kMaxSteps && in.n > 0; ++step) {
+      switch (in.byte() % 6) {
+        case 0: {  // advance by up to 6.5 s, in 0.1 ms steps
+          const std::int64_t d = (std::int64_t{in.byte()} << 8 | in.byte()) * 100'000;
+          clock.advance(ns(d));
+          model.advance_to(now(), want);
+          break;
+        }
+        case 1: {  // try_acquire, sometimes above capacity
+          const std::int64_t cost = in.byte() % (capacity + 2);
+          const bool ok = bucket.try_acquire(double(cost)).ok();
+          if (ok != model.try_acquire(cost)) fail("try_acquire disagrees with the model", cost, now());
+          if (ok) net.push_back({now(), cost * 1'000'000'000});
+          break;
+        }
+        case 2: {  // a waiter
+          if (tasks.size() == kMaxWaiters) break;
+          const int id = static_cast<int>(tasks.size());
+          const std::int64_t cost = in.byte() % (capacity + 2);
+          if (cost > capacity) {
+            want.push_back({id, now(), cost, tollgate::Status::never});
+          } else {
+            model.enqueue(id, cost);
+            model.advance_to(now(), want);
+          }
+          tasks.push_back(waiter(bucket, id, cost, stops[static_cast<std::size_t>(id)].get_token(), got, clock,
+                                 completions));
+          break;
+        }
+        case 3: {  // stop one
+          if (tasks.empty()) break;
+          const std::size_t id = in.byte() % tasks.size();
+          if (model.cancel(static_cast<int>(id))) want.push_back({static_cast<int>(id), now(), 0, tollgate::Status::cancelled});
+          model.advance_to(now(), want);
+          stops[id].request_stop();
+          break;
+        }
+        case 4: {  // destroy one
+          if (tasks.empty()) break;
+          const std::size_t id = in.byte() % tasks.size();
+          model.cancel(static_cast<int>(id));
+          model.advance_to(now(), want);
+          if (!tasks[id].done()) destroyed[id] = true;
+          tasks[id].reset();
+          break;
+        }
+        case 5: {  // refund
+          const std::int64_t cost = in.byte() % (capacity + 1);
+          const double credited = bucket.refund(double(cost));
+          const std::int64_t model_credited = model.refund(cost);
+          model.advance_to(now(), want);
+          if (std::llround(credited * 1e9) != model_credited)
+            fail("refund credited differs from the model", std::llround(credited * 1e9), model_credited);
+          if (model_credited > 0) net.push_back({now(), -model_credited});
+          break;
+        }
+      }
+      for (Event& e : got)
+        if (e.status == tollgate::Status::cancelled) e.cost = 0;
+      if (got.size() != want.size()) fail("event count differs from the model", long(got.size()), long(want.size()));
+      for (std::size_t i = 0; i < got.size(); ++i)
+        if (!(got[i] == want[i])) fail("event differs from the model", got[i].id, want[i].id);
+    }
+    clock.advance(std::chrono::hours(48));
+    model.advance_to(now(), want);
+    for (Event& e : got)
+      if (e.status == tollgate::Status::cancelled) e.cost = 0;
+    if (got.size() != want.size()) fail("final event count differs", long(got.size()), long(want.size()));
+    for (std::size_t i = 0; i < got.size(); ++i)
+      if (!(got[i] == want[i])) fail("final event differs", got[i].id, want[i].id);
+    if (bucket.waiters() != 0) fail("waiters left after draining", long(bucket.waiters()));
+  }
+  for (std::size_t id = 0; id < tasks.size(); ++id)
+    if (!destroyed[id] && completions[id] != 1) fail("waiter not completed exactly once", long(id), completions[id]);
+  for (const Event& e : got)
+    if (e.status == tollgate::Status::acquired) net.push_back({e.t_ns, e.cost * 1'000'000'000});
+  std::stable_sort(net.begin(), net.end(), [](auto& a, auto& b) { return a.t_ns < b.t_ns; });
+  // Units are nano-tokens here: scale the bound to match.
+  if (!check_conformance(net, capacity * 1'000'000'000, rate * 1'000'000'000).empty())
+    fail("conformance: a window admitted more than capacity + rate * (t - s)");
+  return 0;
+}
