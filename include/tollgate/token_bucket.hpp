@@ -378,7 +378,7 @@ class TokenBucket {
   template <class Rep, class Period>
   static detail::fine_t to_fine(std::chrono::duration<Rep, Period> d) noexcept {
     using ns = std::chrono::nanoseconds;
-    if (d <= std::chrono::duration<Rep, Period>::zero()) return 0;
+    if (!(d > std::chrono::duration<Rep, Period>::zero())) return 0;  // also NaN: waits nothing
     if (d >= std::chrono::duration_cast<std::chrono::duration<Rep, Period>>(ns::max()))
       return detail::fine_max;
     return detail::fine_from_ns(std::chrono::ceil<ns>(d).count());
@@ -386,6 +386,7 @@ class TokenBucket {
 
   static detail::fine_t horizon_of(time_point origin) noexcept {
     using ns = std::chrono::nanoseconds;
+    if (origin.time_since_epoch() < duration::zero()) return detail::fine_from_ns(ns::max().count());
     const duration room = time_point::max() - origin;
     if (room >= std::chrono::duration_cast<duration>(ns::max()))
       return detail::fine_from_ns(ns::max().count());

@@ -195,6 +195,7 @@ class BucketCore {
   /// Returns the amount actually credited. `cost` must be finite and >= 0.
   double refund(fine_t now, double cost) noexcept {
     now = observe(now);
+    if (cost > limit_.capacity) cost = limit_.capacity;  // never more than a full bucket
     const fine_t iv = interval(cost);
     const fine_t credited = give_back(now, iv);
     return credited == iv ? cost : static_cast<double>(credited) / fine_per_unit_;

@@ -54,13 +54,15 @@ inline fine_t ceil_fine(double x) noexcept {
   return static_cast<fine_t>(x);  // >= 2^63 is already a whole number
 }
 
-/// Rounds a non-negative finite long double up to a whole fine unit.
+/// Rounds a non-negative finite long double up to a whole fine unit,
+/// saturating at 2^126 (callers validate far below that).
 inline fine_t ceil_fine(long double x) noexcept {
   if (x < 9.2233720368547758e18L) {
     auto i = static_cast<std::int64_t>(x);
     if (static_cast<long double>(i) < x) ++i;
     return i;
   }
+  if (!(x < 8.5070591730234615866e37L)) return fine_t(1) << 126;
   return static_cast<fine_t>(x);  // >= 2^63 is already a whole number
 }
 
