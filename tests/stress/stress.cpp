@@ -79,26 +79,36 @@ TEST_CASE("stress: 2 threads x 10,000 coroutines on the real clock", "[stress]")
   // Two configurations the shared bucket alternates between; the check uses
   // the larger of each (a sound bound for the whole run).
   const Limit small{20, 2000}, large{40, 4000};
+  constexpr int kThreads = 2, kPerThread = 10'000;
+  // Each waiter writes only its own slots (it may resume on the timer thread,
+  // or on a thread requesting its stop); each thread writes only its own
+  // try_acquire logs. Everything is merged after join.
+  struct Log {
+    std::vector<Span> shared, keyed[4];  // this thread's try_acquire admissions
+    std::vector<Span> span;              // per waiter
+    std::vector<int> target;             // per waiter: -1 shared, else key
+    std::vector<Status> status;          // per waiter
+    std::vector<std::uint8_t> done;      // per waiter: completions
+    std::vector<Task> tasks;
+    std::vector<std::stop_source> stops;
+  };
+  // Declared before the scheduler: the coroutine frames are destroyed only
+  // after its thread, which may still be leaving the last of them, is joined.
+  std::vector<Log> logs(kThreads);
   tollgate::TimerThreadScheduler<> sched;
   tollgate::TokenBucket<> shared(small, {}, &sched);
   tollgate::BucketRegistry<> keyed({.default_limit = Limit{10, 1000}, .shards = 4}, {}, &sched);
 
-  constexpr int kThreads = 2, kPerThread = 10'000;
   std::atomic<int> finished{0};
   std::atomic<int> twice{0};
-  struct Log {
-    std::vector<Span> shared, keyed[4];
-    std::vector<std::uint8_t> done;  // completions per waiter
-    std::vector<Task> tasks;
-    std::vector<std::stop_source> stops;
-    int cancelled = 0, refused = 0;
-  };
-  std::vector<Log> logs(kThreads);
   const Clock::time_point t0 = Clock::now();
 
   auto body = [&](int t) {
     Log& log = logs[static_cast<std::size_t>(t)];
     log.done.assign(kPerThread, 0);
+    log.span.resize(kPerThread);
+    log.target.assign(kPerThread, -1);
+    log.status.assign(kPerThread, Status::invalid);
     log.stops.resize(kPerThread);
     log.tasks.reserve(kPerThread);
     std::mt19937 rng(99 + t);
@@ -118,10 +128,11 @@ TEST_CASE("stress: 2 threads x 10,000 coroutines on the real clock", "[stress]")
           r = co_await h->acquire_for(double(cost), std::chrono::milliseconds(20), stop);
         }
         const std::int64_t hi = ns_since(t0, Clock::now());
-        if (++log.done[static_cast<std::size_t>(i)] != 1) twice.fetch_add(1);
-        if (r.ok()) (bucket ? log.shared : log.keyed[key]).push_back({lo, hi, cost});
-        else if (r.status() == Status::cancelled) ++log.cancelled;
-        else ++log.refused;
+        const auto slot = static_cast<std::size_t>(i);
+        if (++log.done[slot] != 1) twice.fetch_add(1);
+        log.span[slot] = {lo, hi, cost};
+        log.target[slot] = bucket ? -1 : key;
+        log.status[slot] = r.status();
         finished.fetch_add(1, std::memory_order_release);
         finished.notify_all();
       }(on_shared ? &shared : nullptr, on_shared ? nullptr : &keyed, key, cost,
@@ -149,9 +160,13 @@ TEST_CASE("stress: 2 threads x 10,000 coroutines on the real clock", "[stress]")
   for (Log& log : logs) {
     shared_all.insert(shared_all.end(), log.shared.begin(), log.shared.end());
     for (int k = 0; k < 4; ++k) keyed_all[k].insert(keyed_all[k].end(), log.keyed[k].begin(), log.keyed[k].end());
-    cancelled += log.cancelled;
-    refused += log.refused;
-    for (std::uint8_t d : log.done) CHECK(d == 1);
+    for (std::size_t i = 0; i < log.span.size(); ++i) {
+      CHECK(log.done[i] == 1);
+      if (log.status[i] == Status::acquired)
+        (log.target[i] < 0 ? shared_all : keyed_all[log.target[i]]).push_back(log.span[i]);
+      else if (log.status[i] == Status::cancelled) ++cancelled;
+      else ++refused;
+    }
   }
   INFO("shared admissions " << shared_all.size() << ", cancelled " << cancelled << ", refused " << refused
                             << ", run " << total_ns / 1'000'000 << " ms");
