@@ -190,6 +190,7 @@ class BucketRegistry {
             auto heavy = std::make_unique<Heavy>(shard.tiers[e->tier].limit, clock_, scheduler_);
             heavy->bucket.import_state(epoch_, e->tat);
             e->heavy = heavy.release();
+            ++shard.heavy_count;
           }
           return Handle(e->heavy);
         }
@@ -282,6 +283,10 @@ class BucketRegistry {
     std::vector<Tier> tiers;           // distinct limits of this shard's keys
     detail::fine_t last_now = std::numeric_limits<std::int64_t>::min();
     std::size_t cursor = 0;
+    std::size_t heavy_count = 0;  // entries with a full bucket
+    // No compact entry can be fresh before this instant (set by full sweeps;
+    // compact state only ever moves later, so it stays a valid lower bound).
+    detail::fine_t fresh_not_before = std::numeric_limits<std::int64_t>::min();
   };
 
   static AcquireResult rejected() noexcept { return AcquireResult::failed(Status::rejected, Reason::key_cap_reached); }
@@ -406,13 +411,14 @@ class BucketRegistry {
     const std::uint32_t tier = tier_for(s, limit);
     if ((s.entries.size() + 1) * 2 > s.slots.size()) grow(s);
     s.entries.push_back(Entry{std::move(k), now - s.tiers[tier].tau, nullptr, tier});
+    s.fresh_not_before = std::min(s.fresh_not_before, now);  // a new key is fresh
     place(s, h, s.entries.size() - 1);
     return &s.entries.back();
   }
 
   // Folds an unheld full bucket back into the compact form if it is idle.
   // Returns false while the entry's full bucket is held or has waiters.
-  bool fold(Entry& e) {
+  bool fold(Shard& s, Entry& e) {
     if (!e.heavy) return true;
     detail::fine_t tat;
     if (e.heavy->pins.load(std::memory_order_acquire) != 0 || !e.heavy->bucket.export_state(epoch_, tat))
@@ -420,6 +426,8 @@ class BucketRegistry {
     delete e.heavy;
     e.heavy = nullptr;
     e.tat = tat;
+    --s.heavy_count;
+    if (tat + s.tiers[e.tier].tau < s.fresh_not_before) s.fresh_not_before = tat + s.tiers[e.tier].tau;
     return true;
   }
 
@@ -433,20 +441,29 @@ class BucketRegistry {
   std::size_t sweep(Shard& s, detail::fine_t now, std::size_t n) {
     std::size_t evicted = 0;
     if (n >= s.entries.size()) {
+      // A full sweep. Nothing to find before the shard's bound (unless a full
+      // bucket may fold back): at the key cap under a flood of new keys this
+      // makes refusals O(1) instead of a scan per request.
+      if (now < s.fresh_not_before && s.heavy_count == 0) return 0;
+      detail::fine_t bound = std::numeric_limits<detail::fine_t>::max();
       // Backwards: erasing entry i moves the last one, already examined, into i.
       for (std::size_t i = s.entries.size(); i-- > 0;) {
-        if (fold(s.entries[i]) && fresh(s, s.entries[i], now)) {
+        Entry& e = s.entries[i];
+        if (fold(s, e) && fresh(s, e, now)) {
           erase(s, i);
           ++evicted;
+        } else if (!e.heavy) {
+          bound = std::min(bound, e.tat + s.tiers[e.tier].tau);
         }
       }
+      s.fresh_not_before = s.heavy_count == 0 ? bound : now;
       s.cursor = 0;
       return evicted;
     }
     for (std::size_t k = 0; k < n && !s.entries.empty(); ++k) {
       if (s.cursor >= s.entries.size()) s.cursor = 0;
       Entry& e = s.entries[s.cursor];
-      if (fold(e) && fresh(s, e, now)) {
+      if (fold(s, e) && fresh(s, e, now)) {
         erase(s, s.cursor);
         ++evicted;
       } else {
