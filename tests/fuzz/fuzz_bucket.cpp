@@ -17,6 +17,7 @@
 #include <tollgate/token_bucket.hpp>
 
 #include "reference_model.hpp"
+#include "fuzz_support.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -24,20 +25,8 @@ namespace {
 using namespace tgtest;
 using Bucket = tollgate::TokenBucket<ManualClock, tollgate::NullMutex>;
 
-[[noreturn]] void fail(const char* what, long a = 0, long b = 0) {
-  std::fprintf(stderr, "fuzz_bucket: invariant broken: %s (%ld, %ld)\n", what, a, b);
-  std::abort();
-}
-
-struct Reader {
-  const std::uint8_t* p;
-  std::size_t n;
-  std::uint8_t byte() {
-    if (n == 0) return 0;
-    --n;
-    return *p++;
-  }
-};
+using tgfuzz::fail;
+using tgfuzz::Reader;
 
 Task waiter(Bucket& b, int id, std::int64_t cost, std::stop_token stop, std::vector<Event>& out,
             const ManualClock& clock, std::vector<int>& completions) {

@@ -16,6 +16,7 @@
 #include <tollgate/testing/manual_clock.hpp>
 #include <tollgate/testing/manual_scheduler.hpp>
 
+#include "fuzz_support.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -23,20 +24,8 @@ namespace {
 using tgtest::ManualClock;
 using Bucket = tollgate::TokenBucket<ManualClock, tollgate::NullMutex>;
 
-[[noreturn]] void fail(const char* what, long a = 0, long b = 0) {
-  std::fprintf(stderr, "fuzz_registry: invariant broken: %s (%ld, %ld)\n", what, a, b);
-  std::abort();
-}
-
-struct Reader {
-  const std::uint8_t* p;
-  std::size_t n;
-  std::uint8_t byte() {
-    if (n == 0) return 0;
-    --n;
-    return *p++;
-  }
-};
+using tgfuzz::fail;
+using tgfuzz::Reader;
 
 }  // namespace
 
