@@ -11,7 +11,7 @@ cmake --preset fuzz >/dev/null
 cmake --build --preset fuzz
 mkdir -p build/fuzz/artifacts
 pids=()
-for h in fuzz_bucket fuzz_registry; do
+for h in fuzz_bucket fuzz_registry fuzz_headers; do
   work=build/fuzz/corpus-$h
   rm -rf "$work" && mkdir -p "$work" && cp tests/fuzz/corpus/$h/* "$work"/
   build/fuzz/tests/$h "$work" -max_total_time="$seconds" -max_len=2048 -print_final_stats=1 \
@@ -20,7 +20,7 @@ for h in fuzz_bucket fuzz_registry; do
 done
 status=0
 for p in "${pids[@]}"; do wait "$p" || status=1; done
-for h in fuzz_bucket fuzz_registry; do
+for h in fuzz_bucket fuzz_registry fuzz_headers; do
   runs=$(grep -E '^stat::number_of_executed_units' build/fuzz/$h.log | awk '{print $2}')
   rate=$(grep -E '^stat::average_exec_per_sec' build/fuzz/$h.log | awk '{print $2}')
   echo "$h: ${runs:-?} executions in ${seconds} s (${rate:-?} exec/s)"

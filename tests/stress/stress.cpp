@@ -45,11 +45,13 @@ using tgtest::Task;
 using tollgate::Limit;
 using tollgate::Status;
 
+#ifndef TOLLGATE_STRESS_SANITIZED
 // Bytes in use on the heap, including blocks glibc served with mmap.
 std::size_t heap_in_use() {
   const struct mallinfo2 m = mallinfo2();
   return m.uordblks + m.hblkhd;
 }
+#endif
 
 std::int64_t ns_since(Clock::time_point t0, Clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t - t0).count();
