@@ -7,6 +7,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <coroutine>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <sstream>
@@ -75,6 +76,7 @@ class TokenBucket {
       : clock_(std::move(clock)), scheduler_(scheduler), core_(checked(limit)) {
     origin_ = clock_.now();
     core_.set_horizon(horizon_of(origin_));
+    horizon_tp_ = at(horizon_of(origin_));
     timer_.fire = &TokenBucket::fire_thunk;
     timer_.context = this;
   }
@@ -219,6 +221,38 @@ class TokenBucket {
       sync_timer();
     }
     detail::complete_all(finished);
+  }
+
+  /// Admits nothing before `until`: what an upstream 429 with a Retry-After
+  /// asks for. Suspended waiters keep their order and wake from then on;
+  /// `try_acquire` answers `not_now` with the remaining pause; tokens keep
+  /// accruing up to capacity. A pause is only extended, never shortened. An
+  /// `acquire_for` waiter whose `max_wait` the pause overruns finishes
+  /// `timed_out` at once.
+  void pause_until(time_point until) {
+    detail::WaiterList finished;
+    {
+      const detail::fine_t t = rel(clock_.now());
+      std::lock_guard lock(mutex_);
+      // Clamp to the clock's range first: rel() of a far instant could overflow.
+      const detail::fine_t u = until >= horizon_tp_ ? detail::fine_max / 2 : rel(until);
+      core_.pause_until(t, u, finished);
+      core_.take_ready(finished);
+      sync_timer();
+    }
+    detail::complete_all(finished);
+  }
+
+  /// `pause_until(now + d)`; a negative or zero `d` does nothing.
+  template <class Rep, class Period>
+  void pause_for(std::chrono::duration<Rep, Period> d) {
+    const detail::fine_t f = to_fine(d);
+    if (f == 0) return;
+    const auto now = clock_.now();
+    const auto room = time_point::max() - now;
+    const auto wait = std::chrono::duration_cast<duration>(std::chrono::nanoseconds(
+        static_cast<std::int64_t>(std::min<detail::fine_t>(detail::ceil_ns(f), std::numeric_limits<std::int64_t>::max()))));
+    pause_until(wait >= room ? time_point::max() : now + wait);
   }
 
   Limit limit() const {
@@ -523,6 +557,7 @@ class TokenBucket {
 
   Clock clock_;
   time_point origin_{};
+  time_point horizon_tp_{};  // the last instant the bucket can represent
   scheduler_type* scheduler_;
   scheduler_type* timer_owner_ = nullptr;
   mutable Mutex mutex_;

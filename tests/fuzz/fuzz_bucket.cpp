@@ -1,5 +1,5 @@
 // fuzz_bucket: bytes decode into operations on one bucket and the manual clock
-// (advance, try_acquire, acquire, stop, destroy, refund). After every step the
+// (advance, try_acquire, acquire, stop, destroy, refund, pause). After every step the
 // bucket must agree with the reference model event by event; at the end every
 // window conforms (refunds counted as negative admissions), every waiter
 // completed exactly once unless destroyed, none twice, in FIFO order.
@@ -61,7 +61,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     auto now = [&] { return ns_of(clock.now()); };
 
     for (int step = 0; step < kMaxSteps && in.n > 0; ++step) {
-      switch (in.byte() % 6) {
+      switch (in.byte() % 7) {
         case 0: {  // advance by up to 6.5 s, in 0.1 ms steps
           const std::int64_t d = (std::int64_t{in.byte()} << 8 | in.byte()) * 100'000;
           clock.advance(ns(d));
@@ -114,6 +114,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
           if (std::llround(credited * 1e9) != model_credited)
             fail("refund credited differs from the model", std::llround(credited * 1e9), model_credited);
           if (model_credited > 0) net.push_back({now(), -model_credited});
+          break;
+        }
+        case 6: {  // an upstream 429: pause for up to 2.5 s
+          const std::int64_t until = now() + std::int64_t{in.byte()} * 10'000'000;
+          bucket.pause_until(ManualClock::time_point(ns(until)));
+          model.pause_until(until);
           break;
         }
       }

@@ -38,8 +38,9 @@ class Model {
       auto [id, cost] = queue_.front();
       const std::int64_t need = cost * kNano - level_;
       const std::int64_t dt = need <= 0 ? 0 : (need + rate_ - 1) / rate_;
-      if (now_ + dt > t) break;
-      refill(dt);
+      const std::int64_t at = std::max(now_ + dt, paused_until_);  // nobody before a pause ends
+      if (at > t) break;
+      refill(at - now_);
       level_ -= cost * kNano;
       queue_.pop_front();
       out.push_back({id, now_, cost, tollgate::Status::acquired});
@@ -47,14 +48,21 @@ class Model {
     refill(t - now_);
   }
   bool try_acquire(std::int64_t cost) {
-    if (!queue_.empty() || level_ < cost * kNano) return false;
+    if (now_ < paused_until_ || !queue_.empty() || level_ < cost * kNano) return false;
     level_ -= cost * kNano;
     return true;
   }
   void enqueue(int id, std::int64_t cost) { queue_.push_back({id, cost}); }
+  // Admits nothing before `t` (ns); never shortens a pause. Tokens keep
+  // accruing, capped at capacity as always.
+  void pause_until(std::int64_t t) { paused_until_ = std::max(paused_until_, t); }
   // Gives back `cost` units, never above capacity; returns nano-units credited.
+  // During a pause, only what still fits at the pause's end counts (the
+  // bucket refills meanwhile, up to capacity).
   std::int64_t refund(std::int64_t cost) {
-    const std::int64_t credited = std::min(cost * kNano, cap_ - level_);
+    std::int64_t room = cap_ - level_;
+    if (now_ < paused_until_) room = cap_ - std::min(cap_, level_ + rate_ * (paused_until_ - now_));
+    const std::int64_t credited = std::min(cost * kNano, room);
     level_ += credited;
     return credited;
   }
@@ -76,6 +84,7 @@ class Model {
     level_ = std::min(cap_, level_ + rate_ * dt);
   }
   std::int64_t cap_, rate_, level_, now_ = 0;
+  std::int64_t paused_until_ = 0;
   std::deque<std::pair<int, std::int64_t>> queue_;
 };
 

@@ -23,6 +23,7 @@
 // subtracts its interval from `tat_` and `queued_`, and every later waiter moves
 // up by exactly that much, as if it had never arrived.
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 
@@ -86,6 +87,8 @@ class BucketCore {
   fine_t observe(fine_t now) noexcept {
     if (now < last_now_) now = last_now_;
     else last_now_ = now;
+    if (now < paused_until_) [[unlikely]]
+      return now;  // paused: nobody is granted yet
     while (Waiter* w = pending_.front()) {
       if (tat_ - queued_ + w->interval > now) break;
       queued_ -= w->interval;
@@ -110,15 +113,15 @@ class BucketCore {
       last_now_ = now;
     const fine_t iv = interval(cost);
     fine_t base = tat_;
-    if (base < now - tau_) base = now - tau_;
+    if (base < refill_floor(now)) base = refill_floor(now);
     const fine_t end = base + iv;
-    if (end <= now && pending_.empty()) {
+    if (end <= now && pending_.empty() && now >= paused_until_) [[likely]] {
       tat_ = end;
       return AcquireResult::acquired();
     }
     // With waiters queued, `tat_ > now` already includes them: the newcomer
-    // would be served after all of them.
-    return AcquireResult::not_now(to_ns_ceil(end - now));
+    // would be served after all of them (and not before a pause ends).
+    return AcquireResult::not_now(to_ns_ceil(std::max(end, paused_until_) - now));
   }
 
   /// Like try_acquire, but when the tokens are not there and the wait would be
@@ -130,13 +133,13 @@ class BucketCore {
     now = observe(now);
     const fine_t iv = interval(w.cost);
     fine_t base = tat_;
-    if (base < now - tau_) base = now - tau_;
+    if (base < refill_floor(now)) base = refill_floor(now);
     const fine_t end = base + iv;
-    if (end <= now && pending_.empty()) {
+    if (end <= now && pending_.empty() && now >= paused_until_) {
       tat_ = end;
       return {AcquireResult::acquired()};
     }
-    const fine_t wait = end - now;
+    const fine_t wait = std::max(end, paused_until_) - now;
     if (wait > max_wait) return {AcquireResult::not_now(to_ns_ceil(wait))};
     if (end > horizon_)
       return {AcquireResult::failed(Status::invalid, Reason::wait_overflows_clock, w.cost)};
@@ -147,7 +150,7 @@ class BucketCore {
     w.deadline = max_wait >= fine_max - now ? fine_max : now + max_wait;
     w.place = WaiterPlace::pending;
     pending_.push_back(w);
-    return {AcquireResult::acquired(), true, end};
+    return {AcquireResult::acquired(), true, std::max(end, paused_until_)};
   }
 
   /// Takes `w` out of the queue at `now`. A pending waiter's cost is given
@@ -187,9 +190,42 @@ class BucketCore {
   /// `fine_max` if nobody waits.
   fine_t next_wake() const noexcept {
     if (!ready_.empty()) return last_now_;
-    if (Waiter* w = pending_.front()) return tat_ - queued_ + w->interval;
+    if (Waiter* w = pending_.front()) return std::max(tat_ - queued_ + w->interval, paused_until_);
     return fine_max;
   }
+
+  /// Admits nothing before `until` (an upstream said "retry after"): waiters
+  /// keep their order and are granted from then on; tokens keep accruing, up
+  /// to capacity. A pause is only ever extended, never shortened. A pending
+  /// waiter whose deadline the pause overruns finishes `timed_out` (appended
+  /// to `finished`).
+  void pause_until(fine_t now, fine_t until, WaiterList& finished) noexcept {
+    now = observe(now);
+    if (until <= paused_until_) return;
+    paused_until_ = until;
+    // Everything granted at `until` must fit one full bucket: the queue's
+    // reservations may start no earlier than `until - tau`.
+    enforce_floor();
+    fine_t due = tat_ - queued_;
+    for (Waiter* w = pending_.front(); w;) {
+      Waiter* next = w->next;
+      due += w->interval;
+      if (std::max(due, paused_until_) > w->deadline) {
+        due -= w->interval;  // later waiters move up in token terms
+        pending_.remove(*w);
+        tat_ -= w->interval;
+        queued_ -= w->interval;
+        w->place = WaiterPlace::none;
+        w->outcome = Status::timed_out;
+        w->reason = Reason::deadline_after_reconfiguration;
+        finished.push_back(*w);
+      }
+      w = next;
+    }
+  }
+
+  /// The instant before which nothing is admitted (a past instant when not paused).
+  fine_t paused_until() const noexcept { return paused_until_; }
 
   /// Returns `cost` to the bucket, never above capacity; waiters move up.
   /// Returns the amount actually credited. `cost` must be finite and >= 0.
@@ -206,6 +242,7 @@ class BucketCore {
   /// capacity is reported only when the bucket is exactly full.
   double available(fine_t now) noexcept {
     now = observe(now);
+    if (now < paused_until_) return 0;
     const fine_t level = now - tat_;
     if (level <= 0) return 0;
     if (level >= tau_) return limit_.capacity;
@@ -218,7 +255,7 @@ class BucketCore {
   /// True when the bucket is indistinguishable from a new full one at `now`.
   bool is_fresh(fine_t now) noexcept {
     now = observe(now);
-    return pending_.empty() && ready_.empty() && now - tat_ >= tau_;
+    return pending_.empty() && ready_.empty() && now >= paused_until_ && now - tat_ >= tau_;
   }
 
   std::size_t waiters() const noexcept { return pending_.size(); }
@@ -270,6 +307,7 @@ class BucketCore {
       finished.push_back(*w);
     }
     tat_ = end;
+    enforce_floor();
     observe(now);  // a faster rate may have made some waiters due already
   }
 
@@ -301,9 +339,22 @@ class BucketCore {
     last_cost_ = -1;  // invalidate the interval cache
   }
 
+  /// The earliest instant the unreserved tokens may be counted from at `now`:
+  /// a full bucket's worth before now, or before the end of a pause (tokens
+  /// accrue during a pause, but never beyond one bucket at its end).
+  fine_t refill_floor(fine_t now) const noexcept { return std::max(now, paused_until_) - tau_; }
+
+  /// Shifts the queue so that its reservations start no earlier than the end
+  /// of the pause minus a full bucket.
+  void enforce_floor() noexcept {
+    const fine_t start = tat_ - queued_;
+    const fine_t floor = paused_until_ - tau_;
+    if (paused_until_ > -fine_max && start < floor) tat_ += floor - start;
+  }
+
   /// Moves `tat_` back by `iv`, keeping the unreserved level <= capacity.
   fine_t give_back(fine_t now, fine_t iv) noexcept {
-    fine_t floor = now - tau_ + queued_;
+    fine_t floor = refill_floor(now) + queued_;
     fine_t target = tat_ - iv;
     if (target < floor) target = floor;
     if (target > tat_) target = tat_;
@@ -319,6 +370,7 @@ class BucketCore {
   fine_t tat_ = 0;            // paid-up-to instant, bucket-relative
   fine_t queued_ = 0;         // sum of the pending waiters' intervals
   fine_t last_now_ = 0;       // largest `now` seen (time never runs backwards)
+  fine_t paused_until_ = -fine_max;  // nothing admitted before this (upstream 429s)
   fine_t horizon_ = fine_from_ns(std::int64_t{1} << 62);
   double last_cost_ = -1;     // one-entry cache for interval()
   fine_t last_interval_ = 0;
