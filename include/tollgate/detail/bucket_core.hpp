@@ -58,7 +58,7 @@ inline AcquireResult check_cost(double cost, double capacity) noexcept {
   return AcquireResult::failed(Status::never, Reason::cost_exceeds_capacity, cost);
 }
 
-class BucketCore {
+class alignas(64) BucketCore {
  public:
   /// A full bucket at relative time 0. `limit` must be valid.
   explicit BucketCore(const Limit& limit) noexcept {
@@ -112,16 +112,20 @@ class BucketCore {
     else
       last_now_ = now;
     const fine_t iv = interval(cost);
+    if (now < paused_until_) [[unlikely]] {
+      const fine_t end = std::max(tat_, refill_floor(now)) + iv;
+      return AcquireResult::not_now(to_ns_ceil(std::max(end, paused_until_) - now));
+    }
     fine_t base = tat_;
-    if (base < refill_floor(now)) base = refill_floor(now);
+    if (base < now - tau_) base = now - tau_;
     const fine_t end = base + iv;
-    if (end <= now && pending_.empty() && now >= paused_until_) [[likely]] {
+    if (end <= now && pending_.empty()) [[likely]] {
       tat_ = end;
       return AcquireResult::acquired();
     }
     // With waiters queued, `tat_ > now` already includes them: the newcomer
-    // would be served after all of them (and not before a pause ends).
-    return AcquireResult::not_now(to_ns_ceil(std::max(end, paused_until_) - now));
+    // would be served after all of them.
+    return AcquireResult::not_now(to_ns_ceil(end - now));
   }
 
   /// Like try_acquire, but when the tokens are not there and the wait would be
@@ -364,17 +368,20 @@ class BucketCore {
     return credited;
   }
 
-  Limit limit_;
-  double fine_per_unit_ = 0;  // fine units of refill time per cost unit
-  fine_t tau_ = 0;            // refill time of a full bucket
-  fine_t tat_ = 0;            // paid-up-to instant, bucket-relative
-  fine_t queued_ = 0;         // sum of the pending waiters' intervals
-  fine_t last_now_ = 0;       // largest `now` seen (time never runs backwards)
+  // Hot fields first, in the order try_acquire reads them: one cache line.
+  fine_t tat_ = 0;                   // paid-up-to instant, bucket-relative
+  fine_t last_now_ = 0;              // largest `now` seen (time never runs backwards)
   fine_t paused_until_ = -fine_max;  // nothing admitted before this (upstream 429s)
+  fine_t tau_ = 0;                   // refill time of a full bucket
+  // Second line: the interval cache, the limit, the queue head.
+  fine_t last_interval_ = 0;  // one-entry cache for interval()
+  double last_cost_ = -1;
+  Limit limit_;
+  WaiterList pending_;  // queued, not yet due, FIFO
+  // Cold.
+  fine_t queued_ = 0;         // sum of the pending waiters' intervals
   fine_t horizon_ = fine_from_ns(std::int64_t{1} << 62);
-  double last_cost_ = -1;     // one-entry cache for interval()
-  fine_t last_interval_ = 0;
-  WaiterList pending_;        // queued, not yet due, FIFO
+  double fine_per_unit_ = 0;  // fine units of refill time per cost unit
   WaiterList ready_;          // granted, not yet completed, FIFO
 };
 
