@@ -119,7 +119,7 @@ class alignas(64) BucketCore {
     fine_t base = tat_;
     if (base < now - tau_) base = now - tau_;
     const fine_t end = base + iv;
-    if (end <= now && pending_.empty()) [[likely]] {
+    if (end <= now && pending_.empty()) {
       tat_ = end;
       return AcquireResult::acquired();
     }
