@@ -351,9 +351,10 @@ class alignas(64) BucketCore {
   /// Shifts the queue so that its reservations start no earlier than the end
   /// of the pause minus a full bucket.
   void enforce_floor() noexcept {
+    if (paused_until_ == -fine_max) return;  // never paused (and -fine_max - tau_ would overflow)
     const fine_t start = tat_ - queued_;
     const fine_t floor = paused_until_ - tau_;
-    if (paused_until_ > -fine_max && start < floor) tat_ += floor - start;
+    if (start < floor) tat_ += floor - start;
   }
 
   /// Moves `tat_` back by `iv`, keeping the unreserved level <= capacity.
