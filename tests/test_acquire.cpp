@@ -3,6 +3,8 @@
 // reconfiguration while waiters queue.
 
 #include <atomic>
+#include <limits>
+#include <stdexcept>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -472,4 +474,51 @@ TEST_CASE("pause: waiters released together never exceed one bucket (regression)
   CHECK(log[0].t_ns == 100000 * kMs);
   CHECK(bucket.try_acquire(10).retry_after() == 2s);  // 8 left, not 10
   CHECK(bucket.try_acquire(8).ok());
+}
+
+TEMPLATE_TEST_CASE("permit: settle refunds a surplus and charges an overrun as debt", "[acquire][permit]", std::mutex,
+                   tollgate::SpinMutex, NullMutex) {
+  using Bucket = tollgate::TokenBucket<ManualClock, TestType>;
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  Bucket bucket(Limit{100, 10}, clock, &sched);
+  {
+    REQUIRE(bucket.try_acquire(50).ok());
+    typename Bucket::Permit p(bucket, 50);
+    p.settle(30);  // the answer was shorter than estimated
+    CHECK(p.settled());
+    CHECK(bucket.available() == 70);
+    CHECK_THROWS_AS(p.settle(30), std::logic_error);
+  }
+  {
+    REQUIRE(bucket.try_acquire(50).ok());  // 20 left
+    typename Bucket::Permit p(bucket, 50);
+    p.settle(120);  // 70 more than estimated: 50 of debt
+    CHECK(bucket.available() == 0);
+    CHECK(bucket.try_acquire(1).retry_after() == 5100ms);  // pay 50, then 1, at 10/s
+  }
+  {
+    typename Bucket::Permit p(bucket, 5);
+    CHECK_THROWS_AS(p.settle(-1), std::invalid_argument);
+    CHECK_THROWS_AS(p.settle(std::numeric_limits<double>::quiet_NaN()), std::invalid_argument);
+    CHECK_FALSE(p.settled());
+  }  // destroyed unsettled: the estimate stands, nothing changes
+  CHECK(bucket.try_acquire(1).retry_after() == 5100ms);
+}
+
+TEST_CASE("permit: a debt delays the waiters already queued", "[acquire][permit]") {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  tollgate::TokenBucket<ManualClock> bucket(Limit{10, 1}, clock, &sched);
+  REQUIRE(bucket.try_acquire(10).ok());
+  std::vector<Done> log;
+  Task a = waiter(bucket, 2, 0, log, clock);  // due 2 s
+  bucket.charge(3);                           // an overrun spent upstream: 3 s more
+  clock.advance(10s);
+  REQUIRE(log.size() == 1);
+  CHECK(log[0].t_ns == 5000 * kMs);
+  CHECK_THROWS_AS(bucket.charge(-1), std::invalid_argument);
+  CHECK_THROWS_AS(bucket.charge(std::numeric_limits<double>::infinity()), std::invalid_argument);
+  CHECK_THROWS_AS(bucket.charge(1e30), std::overflow_error);  // 3e22 years of debt
+  CHECK(bucket.available() == 5);  // the failures took nothing
 }

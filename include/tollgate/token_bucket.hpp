@@ -14,6 +14,7 @@
 #include <stdexcept>
 #include <stop_token>
 #include <type_traits>
+#include <utility>
 
 #include "detail/bucket_core.hpp"
 #include "detail/fine_time.hpp"
@@ -193,6 +194,63 @@ class TokenBucket {
     detail::complete_all(done);
     return credited;
   }
+
+  /// Takes `cost` even if it is not there, leaving the bucket in debt: for an
+  /// overrun already spent upstream (an LLM answer longer than estimated).
+  /// The debt is never dropped; it delays every later acquisition, queued
+  /// waiters included. Throws `std::invalid_argument` for a negative, NaN or
+  /// infinite cost, and `std::overflow_error` for a debt beyond the clock's range.
+  void charge(double cost) {
+    if (!(cost >= 0) || std::isinf(cost)) throw_bad("charge", "cost", cost);
+    const detail::fine_t t = rel(clock_.now());
+    std::lock_guard lock(mutex_);
+    if (!core_.charge(t, cost)) throw std::overflow_error("TokenBucket::charge: debt beyond the clock's range");
+    sync_timer();
+  }
+
+  /// An acquisition whose real cost is known only afterwards: it holds the
+  /// estimate taken, and `settle(actual)` refunds the surplus or charges the
+  /// overrun (as a debt). A permit destroyed unsettled keeps the estimate as
+  /// the cost: nothing is refunded, nothing more is charged. Move-only; not
+  /// thread-safe itself (the bucket is).
+  ///
+  ///     if (co_await bucket.acquire(estimate)) {
+  ///       TokenBucket<>::Permit permit(bucket, estimate);
+  ///       auto response = co_await call_llm(...);
+  ///       permit.settle(response.usage.total_tokens);
+  ///     }
+  class Permit {
+   public:
+    /// Adopts an acquisition of `estimate` already made on `bucket`.
+    Permit(TokenBucket& bucket, double estimate) noexcept : bucket_(&bucket), estimate_(estimate) {}
+    Permit(Permit&& o) noexcept : bucket_(std::exchange(o.bucket_, nullptr)), estimate_(o.estimate_) {}
+    Permit& operator=(Permit&& o) noexcept {
+      bucket_ = std::exchange(o.bucket_, nullptr);
+      estimate_ = o.estimate_;
+      return *this;
+    }
+    Permit(const Permit&) = delete;
+    Permit& operator=(const Permit&) = delete;
+
+    double estimate() const noexcept { return estimate_; }
+    bool settled() const noexcept { return bucket_ == nullptr; }
+
+    /// Settles at the real cost: refunds `estimate - actual` (never above
+    /// capacity) or charges `actual - estimate` as a debt. Once only: throws
+    /// `std::logic_error` if already settled (or moved from), and
+    /// `std::invalid_argument` for a negative, NaN or infinite `actual`.
+    void settle(double actual) {
+      if (!bucket_) throw std::logic_error("TokenBucket::Permit::settle: already settled");
+      if (!(actual >= 0) || std::isinf(actual)) throw_bad("Permit::settle", "actual", actual);
+      TokenBucket* b = std::exchange(bucket_, nullptr);
+      if (actual < estimate_) (void)b->refund(estimate_ - actual);
+      else if (actual > estimate_) b->charge(actual - estimate_);
+    }
+
+   private:
+    TokenBucket* bucket_;
+    double estimate_;
+  };
 
   /// Changes the refill rate: settles the tokens accrued so far at the old
   /// rate, then re-times the queued waiters (a higher rate wakes them sooner).

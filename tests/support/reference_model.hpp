@@ -53,16 +53,14 @@ class Model {
     return true;
   }
   void enqueue(int id, std::int64_t cost) { queue_.push_back({id, cost}); }
+  // Takes `cost` even into debt (a negative level), which later waiters pay.
+  void charge(std::int64_t cost) { level_ -= cost * kNano; }
   // Admits nothing before `t` (ns); never shortens a pause. Tokens keep
   // accruing, capped at capacity as always.
   void pause_until(std::int64_t t) { paused_until_ = std::max(paused_until_, t); }
   // Gives back `cost` units, never above capacity; returns nano-units credited.
-  // During a pause, only what still fits at the pause's end counts (the
-  // bucket refills meanwhile, up to capacity).
   std::int64_t refund(std::int64_t cost) {
-    std::int64_t room = cap_ - level_;
-    if (now_ < paused_until_) room = cap_ - std::min(cap_, level_ + rate_ * (paused_until_ - now_));
-    const std::int64_t credited = std::min(cost * kNano, room);
+    const std::int64_t credited = std::min(cost * kNano, cap_ - level_);
     level_ += credited;
     return credited;
   }

@@ -90,7 +90,12 @@ class alignas(64) BucketCore {
     if (now < paused_until_) [[unlikely]]
       return now;  // paused: nobody is granted yet
     while (Waiter* w = pending_.front()) {
-      if (tat_ - queued_ + w->interval > now) break;
+      const fine_t due = tat_ - queued_ + w->interval;
+      if (due > now) break;
+      // Granted at max(due, end of pause): tokens beyond one bucket at that
+      // instant are lost, as they would have been had it waited in a bucket.
+      const fine_t floor = std::max(due, paused_until_) - tau_;
+      if (tat_ - queued_ < floor) tat_ = floor + queued_;
       queued_ -= w->interval;
       pending_.remove(*w);
       w->place = WaiterPlace::ready;
@@ -113,7 +118,7 @@ class alignas(64) BucketCore {
       last_now_ = now;
     const fine_t iv = interval(cost);
     if (now < paused_until_) [[unlikely]] {
-      const fine_t end = std::max(tat_, refill_floor(now)) + iv;
+      const fine_t end = std::max(tat_, now - tau_) + iv;
       return AcquireResult::not_now(to_ns_ceil(std::max(end, paused_until_) - now));
     }
     fine_t base = tat_;
@@ -137,7 +142,7 @@ class alignas(64) BucketCore {
     now = observe(now);
     const fine_t iv = interval(w.cost);
     fine_t base = tat_;
-    if (base < refill_floor(now)) base = refill_floor(now);
+    if (base < now - tau_) base = now - tau_;
     const fine_t end = base + iv;
     if (end <= now && pending_.empty() && now >= paused_until_) {
       tat_ = end;
@@ -207,9 +212,6 @@ class alignas(64) BucketCore {
     now = observe(now);
     if (until <= paused_until_) return;
     paused_until_ = until;
-    // Everything granted at `until` must fit one full bucket: the queue's
-    // reservations may start no earlier than `until - tau`.
-    enforce_floor();
     fine_t due = tat_ - queued_;
     for (Waiter* w = pending_.front(); w;) {
       Waiter* next = w->next;
@@ -230,6 +232,21 @@ class alignas(64) BucketCore {
 
   /// The instant before which nothing is admitted (a past instant when not paused).
   fine_t paused_until() const noexcept { return paused_until_; }
+
+  /// Takes `cost` unconditionally: an overrun already spent upstream (the
+  /// actual token count exceeded the estimate). The bucket may go into debt;
+  /// the debt is never dropped and delays everyone after it, queued waiters
+  /// included. Returns false (taking nothing) only if the debt would reach
+  /// beyond the clock's range. `cost` must be finite and >= 0.
+  bool charge(fine_t now, double cost) noexcept {
+    now = observe(now);
+    const fine_t iv = fine_interval(cost, limit_.rate);
+    fine_t base = tat_;
+    if (base < now - tau_ + queued_) base = now - tau_ + queued_;
+    if (iv > horizon_ || base > horizon_ - iv) return false;
+    tat_ = base + iv;
+    return true;
+  }
 
   /// Returns `cost` to the bucket, never above capacity; waiters move up.
   /// Returns the amount actually credited. `cost` must be finite and >= 0.
@@ -311,7 +328,6 @@ class alignas(64) BucketCore {
       finished.push_back(*w);
     }
     tat_ = end;
-    enforce_floor();
     observe(now);  // a faster rate may have made some waiters due already
   }
 
@@ -343,23 +359,9 @@ class alignas(64) BucketCore {
     last_cost_ = -1;  // invalidate the interval cache
   }
 
-  /// The earliest instant the unreserved tokens may be counted from at `now`:
-  /// a full bucket's worth before now, or before the end of a pause (tokens
-  /// accrue during a pause, but never beyond one bucket at its end).
-  fine_t refill_floor(fine_t now) const noexcept { return std::max(now, paused_until_) - tau_; }
-
-  /// Shifts the queue so that its reservations start no earlier than the end
-  /// of the pause minus a full bucket.
-  void enforce_floor() noexcept {
-    if (paused_until_ == -fine_max) return;  // never paused (and -fine_max - tau_ would overflow)
-    const fine_t start = tat_ - queued_;
-    const fine_t floor = paused_until_ - tau_;
-    if (start < floor) tat_ += floor - start;
-  }
-
   /// Moves `tat_` back by `iv`, keeping the unreserved level <= capacity.
   fine_t give_back(fine_t now, fine_t iv) noexcept {
-    fine_t floor = refill_floor(now) + queued_;
+    fine_t floor = now - tau_ + queued_;
     fine_t target = tat_ - iv;
     if (target < floor) target = floor;
     if (target > tat_) target = tat_;
