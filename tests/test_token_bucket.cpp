@@ -174,3 +174,21 @@ TEST_CASE("bucket: a clock-less bucket cannot wait, and says so", "[bucket]") {
   CHECK(r.reason() == "bucket has no scheduler to wait with");
   CHECK(bucket.available() == 0);
 }
+
+TEMPLATE_TEST_CASE("bucket: the upstream's remaining count corrects downwards only", "[bucket][headers]", std::mutex,
+                   tollgate::SpinMutex, NullMutex) {
+  ManualClock clock;
+  tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{100, 10}, clock);
+  bucket.limit_remaining(30);  // another client of the same quota used 70
+  CHECK(bucket.available() == 30);
+  bucket.limit_remaining(50);  // never upwards
+  CHECK(bucket.available() == 30);
+  bucket.limit_remaining(1e9);
+  CHECK(bucket.available() == 30);
+  clock.advance(1s);
+  CHECK(bucket.available() == 40);  // refills from there as usual
+  bucket.limit_remaining(0);
+  CHECK(bucket.try_acquire(1).retry_after() == 100ms);
+  CHECK_THROWS_AS(bucket.limit_remaining(-1), std::invalid_argument);
+  CHECK_THROWS_AS(bucket.limit_remaining(std::numeric_limits<double>::quiet_NaN()), std::invalid_argument);
+}

@@ -208,6 +208,17 @@ class TokenBucket {
     sync_timer();
   }
 
+  /// Corrects the bucket downwards to what the upstream reports is left (an
+  /// `x-ratelimit-remaining-*` or `anthropic-ratelimit-*-remaining` header):
+  /// the unreserved tokens become at most `remaining`, never more than they
+  /// were. Throws `std::invalid_argument` for a negative or NaN `remaining`.
+  void limit_remaining(double remaining) {
+    if (!(remaining >= 0)) throw_bad("limit_remaining", "remaining", remaining);
+    const detail::fine_t t = rel(clock_.now());
+    std::lock_guard lock(mutex_);
+    core_.limit_remaining(t, remaining);
+  }
+
   /// An acquisition whose real cost is known only afterwards: it holds the
   /// estimate taken, and `settle(actual)` refunds the surplus or charges the
   /// overrun (as a debt). A permit destroyed unsettled keeps the estimate as

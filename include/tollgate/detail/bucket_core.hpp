@@ -248,6 +248,15 @@ class alignas(64) BucketCore {
     return true;
   }
 
+  /// Lowers the unreserved tokens to at most `remaining` (what the upstream
+  /// says is left); never raises them. `remaining` must be >= 0.
+  void limit_remaining(fine_t now, double remaining) noexcept {
+    now = observe(now);
+    if (remaining >= limit_.capacity) return;
+    const fine_t floor = now - fine_interval(remaining, limit_.rate);
+    if (tat_ < floor) tat_ = floor;
+  }
+
   /// Returns `cost` to the bucket, never above capacity; waiters move up.
   /// Returns the amount actually credited. `cost` must be finite and >= 0.
   double refund(fine_t now, double cost) noexcept {
