@@ -49,6 +49,19 @@ Task waiter_for(Bucket& b, double cost, std::chrono::nanoseconds max_wait, int i
   log.push_back({id, ns_of(clock.now()), r.status()});
 }
 
+// A manual clock, its scheduler, a bucket on them drained empty at t = 0, and
+// the log its waiters write to: the set-up most tests here share.
+template <class Mutex = tollgate::SpinMutex>
+struct Drained {
+  ManualClock clock;
+  ManualScheduler sched{clock};
+  tollgate::TokenBucket<ManualClock, Mutex> bucket;
+  std::vector<Done> log;
+  explicit Drained(Limit limit) : bucket(limit, clock, &sched) {
+    REQUIRE(bucket.try_acquire(limit.capacity).ok());
+  }
+};
+
 constexpr std::int64_t kMs = 1'000'000;
 
 }  // namespace
@@ -83,11 +96,8 @@ TEMPLATE_TEST_CASE("acquire: never and invalid finish at once", "[acquire]", std
 TEMPLATE_TEST_CASE("acquire: FIFO, a large cost is not starved by small ones", "[acquire][fifo]", std::mutex,
                    tollgate::SpinMutex, NullMutex) {
   // The seed pattern never serves the cost-8 request after the initial burst.
-  ManualClock clock;
-  ManualScheduler sched(clock);
-  tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 2}, clock, &sched);
-  REQUIRE(bucket.try_acquire(10).ok());
-  std::vector<Done> log;
+  Drained<TestType> fixture(Limit{10, 2});
+  [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
   std::vector<Task> tasks;
   tasks.push_back(waiter(bucket, 8, 0, log, clock));  // due at 4 s
   for (int i = 1; i <= 6; ++i) {
@@ -110,11 +120,8 @@ TEMPLATE_TEST_CASE("acquire: FIFO, a large cost is not starved by small ones", "
 
 TEMPLATE_TEST_CASE("acquire: each waiter is woken once, at its instant", "[acquire]", std::mutex,
                    tollgate::SpinMutex, NullMutex) {
-  ManualClock clock;
-  ManualScheduler sched(clock);
-  tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{1, 1}, clock, &sched);
-  REQUIRE(bucket.try_acquire(1).ok());
-  std::vector<Done> log;
+  Drained<TestType> fixture(Limit{1, 1});
+  [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
   std::vector<Task> tasks;
   for (int i = 0; i < 100; ++i) tasks.push_back(waiter(bucket, 1, i, log, clock));
   CHECK(sched.armed() == 1);  // only the head has a timer
@@ -126,11 +133,8 @@ TEMPLATE_TEST_CASE("acquire: each waiter is woken once, at its instant", "[acqui
 
 TEMPLATE_TEST_CASE("acquire: a stop token cancels exactly; later waiters move up", "[acquire][cancel]", std::mutex,
                    tollgate::SpinMutex, NullMutex) {
-  ManualClock clock;
-  ManualScheduler sched(clock);
-  tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{4, 1}, clock, &sched);
-  REQUIRE(bucket.try_acquire(4).ok());
-  std::vector<Done> log;
+  Drained<TestType> fixture(Limit{4, 1});
+  [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
   std::stop_source stop;
   Task a = waiter(bucket, 2, 0, log, clock);                    // due 2 s
   Task b = waiter(bucket, 3, 1, log, clock, stop.get_token());  // due 5 s
@@ -170,11 +174,8 @@ TEMPLATE_TEST_CASE("acquire: a stop already requested takes nothing", "[acquire]
 
 TEMPLATE_TEST_CASE("acquire: destroying a suspended coroutine leaves the queue exactly", "[acquire][cancel]", std::mutex,
                    tollgate::SpinMutex, NullMutex) {
-  ManualClock clock;
-  ManualScheduler sched(clock);
-  tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{4, 1}, clock, &sched);
-  REQUIRE(bucket.try_acquire(4).ok());
-  std::vector<Done> log;
+  Drained<TestType> fixture(Limit{4, 1});
+  [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
   Task a = waiter(bucket, 3, 0, log, clock);  // head, due 3 s
   Task b = waiter(bucket, 1, 1, log, clock);  // due 4 s -> 1 s
   CHECK(bucket.waiters() == 2);
@@ -189,11 +190,8 @@ TEMPLATE_TEST_CASE("acquire: destroying a suspended coroutine leaves the queue e
 
 TEMPLATE_TEST_CASE("acquire: a destroyed waiter that was already granted refunds its cost", "[acquire][cancel]", std::mutex,
                    tollgate::SpinMutex, NullMutex) {
-  ManualClock clock;
-  ManualScheduler sched(clock);
-  tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{4, 1}, clock, &sched);
-  REQUIRE(bucket.try_acquire(4).ok());
-  std::vector<Done> log;
+  Drained<TestType> fixture(Limit{4, 1});
+  [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
   Task a = waiter(bucket, 2, 0, log, clock);  // due 2 s
   clock.set(ManualClock::time_point(3s));     // time passes without firing timers
   a.reset();                                  // granted at 2 s, never resumed
@@ -203,11 +201,8 @@ TEMPLATE_TEST_CASE("acquire: a destroyed waiter that was already granted refunds
 
 TEMPLATE_TEST_CASE("acquire_for: refuses at once when the wait is too long", "[acquire][deadline]", std::mutex,
                    tollgate::SpinMutex, NullMutex) {
-  ManualClock clock;
-  ManualScheduler sched(clock);
-  tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 2}, clock, &sched);
-  REQUIRE(bucket.try_acquire(10).ok());
-  std::vector<Done> log;
+  Drained<TestType> fixture(Limit{10, 2});
+  [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
   Task a = waiter_for(bucket, 4, 1s, 0, log, clock);  // needs 2 s
   REQUIRE(log.size() == 1);
   CHECK(log[0].status == Status::not_now);
@@ -222,11 +217,8 @@ TEMPLATE_TEST_CASE("acquire_for: refuses at once when the wait is too long", "[a
 
 TEMPLATE_TEST_CASE("acquire_for: a slower rate that breaks the deadline times the waiter out", "[acquire][deadline]", std::mutex,
                    tollgate::SpinMutex, NullMutex) {
-  ManualClock clock;
-  ManualScheduler sched(clock);
-  tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 2}, clock, &sched);
-  REQUIRE(bucket.try_acquire(10).ok());
-  std::vector<Done> log;
+  Drained<TestType> fixture(Limit{10, 2});
+  [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
   Task a = waiter_for(bucket, 2, 3s, 0, log, clock);  // due 1 s, deadline 3 s
   Task b = waiter_for(bucket, 2, 3s, 1, log, clock);  // due 2 s, deadline 3 s
   Task c = waiter(bucket, 2, 2, log, clock);          // due 3 s, no deadline
@@ -244,11 +236,8 @@ TEMPLATE_TEST_CASE("acquire_for: a slower rate that breaks the deadline times th
 
 TEMPLATE_TEST_CASE("acquire: a higher rate wakes queued waiters sooner", "[acquire][reconfigure]", std::mutex,
                    tollgate::SpinMutex, NullMutex) {
-  ManualClock clock;
-  ManualScheduler sched(clock);
-  tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 1}, clock, &sched);
-  REQUIRE(bucket.try_acquire(10).ok());
-  std::vector<Done> log;
+  Drained<TestType> fixture(Limit{10, 1});
+  [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
   Task a = waiter(bucket, 4, 0, log, clock);  // due 4 s
   Task b = waiter(bucket, 4, 1, log, clock);  // due 8 s
   clock.advance(2s);                          // 2 tokens accrued at 1/s
@@ -261,11 +250,8 @@ TEMPLATE_TEST_CASE("acquire: a higher rate wakes queued waiters sooner", "[acqui
 
 TEMPLATE_TEST_CASE("acquire: a capacity below a waiter's cost finishes it never", "[acquire][reconfigure]", std::mutex,
                    tollgate::SpinMutex, NullMutex) {
-  ManualClock clock;
-  ManualScheduler sched(clock);
-  tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 1}, clock, &sched);
-  REQUIRE(bucket.try_acquire(10).ok());
-  std::vector<Done> log;
+  Drained<TestType> fixture(Limit{10, 1});
+  [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
   Task a = waiter(bucket, 8, 0, log, clock);
   Task b = waiter(bucket, 2, 1, log, clock);
   bucket.set_capacity(5);
@@ -279,11 +265,8 @@ TEMPLATE_TEST_CASE("acquire: a capacity below a waiter's cost finishes it never"
 
 TEMPLATE_TEST_CASE("acquire: a refund moves the head up", "[acquire]", std::mutex,
                    tollgate::SpinMutex, NullMutex) {
-  ManualClock clock;
-  ManualScheduler sched(clock);
-  tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 1}, clock, &sched);
-  REQUIRE(bucket.try_acquire(10).ok());
-  std::vector<Done> log;
+  Drained<TestType> fixture(Limit{10, 1});
+  [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
   Task a = waiter(bucket, 5, 0, log, clock);  // due 5 s
   clock.advance(1s);
   CHECK(bucket.refund(4) == 4);  // 1 accrued + 4 refunded: a is due now ...
@@ -417,11 +400,8 @@ TEST_CASE("TimerThreadScheduler: resumes waiters on its own thread", "[acquire][
 
 TEMPLATE_TEST_CASE("pause: nothing is admitted before the upstream's retry-after", "[acquire][pause]", std::mutex,
                    tollgate::SpinMutex, NullMutex) {
-  ManualClock clock;
-  ManualScheduler sched(clock);
-  tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 1}, clock, &sched);
-  REQUIRE(bucket.try_acquire(10).ok());
-  std::vector<Done> log;
+  Drained<TestType> fixture(Limit{10, 1});
+  [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
   Task a = waiter(bucket, 2, 0, log, clock);  // due 2 s
   Task b = waiter(bucket, 2, 1, log, clock);  // due 4 s
   bucket.pause_until(ManualClock::time_point(5s));
@@ -440,11 +420,8 @@ TEMPLATE_TEST_CASE("pause: nothing is admitted before the upstream's retry-after
 }
 
 TEST_CASE("pause: an acquire_for waiter the pause overruns times out at once", "[acquire][pause]") {
-  ManualClock clock;
-  ManualScheduler sched(clock);
-  tollgate::TokenBucket<ManualClock> bucket(Limit{10, 1}, clock, &sched);
-  REQUIRE(bucket.try_acquire(10).ok());
-  std::vector<Done> log;
+  Drained<> fixture(Limit{10, 1});
+  [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
   Task a = waiter_for(bucket, 1, 3s, 0, log, clock);  // due 1 s, deadline 3 s
   Task b = waiter(bucket, 1, 1, log, clock);          // due 2 s, no deadline
   bucket.pause_for(10s);
@@ -462,11 +439,8 @@ TEST_CASE("pause: waiters released together never exceed one bucket (regression)
   // A waiter whose tokens were reserved before a long pause is granted at its
   // end; the bucket refilled meanwhile, but the waiter and a newcomer at that
   // instant must still fit one bucket: 2 + 10 > 10.
-  ManualClock clock;
-  ManualScheduler sched(clock);
-  tollgate::TokenBucket<ManualClock> bucket(Limit{10, 1}, clock, &sched);
-  REQUIRE(bucket.try_acquire(10).ok());
-  std::vector<Done> log;
+  Drained<> fixture(Limit{10, 1});
+  [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
   Task a = waiter(bucket, 2, 0, log, clock);  // due 2 s
   bucket.pause_until(ManualClock::time_point(100s));
   clock.advance(100s);
@@ -507,11 +481,8 @@ TEMPLATE_TEST_CASE("permit: settle refunds a surplus and charges an overrun as d
 }
 
 TEST_CASE("permit: a debt delays the waiters already queued", "[acquire][permit]") {
-  ManualClock clock;
-  ManualScheduler sched(clock);
-  tollgate::TokenBucket<ManualClock> bucket(Limit{10, 1}, clock, &sched);
-  REQUIRE(bucket.try_acquire(10).ok());
-  std::vector<Done> log;
+  Drained<> fixture(Limit{10, 1});
+  [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
   Task a = waiter(bucket, 2, 0, log, clock);  // due 2 s
   bucket.charge(3);                           // an overrun spent upstream: 3 s more
   clock.advance(10s);
