@@ -113,6 +113,9 @@ TEST_CASE("hostile: clocks at both ends of their range", "[hostile][clock]") {
     CHECK(b.try_acquire(1).retry_after() == std::chrono::seconds(1));
     clock.advance(std::chrono::seconds(2));
     CHECK(b.available() == 2);
+    b.pause_for(std::chrono::hours::max());  // absurd pauses: clamped, never overflowing
+    b.pause_until(ManualClock::time_point::max());
+    CHECK(b.try_acquire(1).status() == Status::not_now);
   }
   ManualClock top(ManualClock::time_point::max() - std::chrono::hours(1));
   CHECK_THROWS_AS(top.advance(std::chrono::hours(2)), std::invalid_argument);

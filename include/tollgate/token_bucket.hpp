@@ -158,8 +158,8 @@ class TokenBucket {
       b->done = true;
       b->cv.notify_one();
     };
-    const std::optional<AcquireResult> early = enqueue(w, to_fine(max_wait));
-    if (early) return *early;
+    const Begin b = begin(cost, to_fine(max_wait), [&]() -> detail::Waiter& { return w; });
+    if (!b.queued) return b.result;
     {
       std::stop_callback on_stop(stop, [&] { cancel(w); });
       std::unique_lock l(w.m);
@@ -299,29 +299,15 @@ class TokenBucket {
   /// `acquire_for` waiter whose `max_wait` the pause overruns finishes
   /// `timed_out` at once.
   void pause_until(time_point until) {
-    detail::WaiterList finished;
-    {
-      const detail::fine_t t = rel(clock_.now());
-      std::lock_guard lock(mutex_);
-      // Clamp to the clock's range first: rel() of a far instant could overflow.
-      const detail::fine_t u = until >= horizon_tp_ ? detail::fine_max / 2 : rel(until);
-      core_.pause_until(t, u, finished);
-      core_.take_ready(finished);
-      sync_timer();
-    }
-    detail::complete_all(finished);
+    // Clamp to the clock's range first: rel() of a far instant could overflow.
+    pause(until >= horizon_tp_ ? kFar : rel(until), false);
   }
 
-  /// `pause_until(now + d)`; a negative or zero `d` does nothing.
+  /// `pause_until(now + d)`; a negative, zero or NaN `d` does nothing.
   template <class Rep, class Period>
   void pause_for(std::chrono::duration<Rep, Period> d) {
     const detail::fine_t f = to_fine(d);
-    if (f == 0) return;
-    const auto now = clock_.now();
-    const auto room = time_point::max() - now;
-    const auto wait = std::chrono::duration_cast<duration>(std::chrono::nanoseconds(
-        static_cast<std::int64_t>(std::min<detail::fine_t>(detail::ceil_ns(f), std::numeric_limits<std::int64_t>::max()))));
-    pause_until(wait >= room ? time_point::max() : now + wait);
+    if (f > 0) pause(std::min(f, kFar), true);
   }
 
   Limit limit() const {
@@ -365,7 +351,10 @@ class TokenBucket {
         result_ = cancelled_result();
         return true;
       }
-      const Begin b = bucket_.begin(*this);
+      const Begin b = bucket_.begin(cost_, max_wait_, [this]() -> detail::Waiter& {
+        build_node();
+        return node_;
+      });
       if (b.queued) {
         queued_ = true;
         return false;
@@ -447,6 +436,22 @@ class TokenBucket {
   template <class, class, class, class, class>
   friend class BucketRegistry;
 
+  // Farther than any instant a bucket can reach, with room to add a `now`.
+  static constexpr detail::fine_t kFar = detail::fine_max / 4;
+
+  // A pause until `v` (bucket-relative), or for `v` from now if `relative`.
+  void pause(detail::fine_t v, bool relative) {
+    detail::WaiterList finished;
+    {
+      const detail::fine_t t = rel(clock_.now());
+      std::lock_guard lock(mutex_);
+      core_.pause_until(t, relative ? t + v : v, finished);
+      core_.take_ready(finished);
+      sync_timer();
+    }
+    detail::complete_all(finished);
+  }
+
   // For BucketRegistry: this bucket's paid-up-to instant, in fine units since
   // `epoch` (another origin), if no waiter is queued.
   bool export_state(time_point epoch, detail::fine_t& tat) const {
@@ -517,45 +522,27 @@ class TokenBucket {
     bool queued;
   };
 
-  // The coroutine path: acquires at once, fails for good, or builds the
-  // operation's node and queues it, under one lock acquisition.
-  Begin begin(AcquireOperation& op) {
+  // Every waiting front-end starts here: takes `cost` at once, fails for
+  // good, or queues the node `make_node()` returns (called only then, so the
+  // awaiter builds its node only when it must wait), under one lock acquisition.
+  template <class MakeNode>
+  Begin begin(double cost, detail::fine_t max_wait, MakeNode make_node) {
     const bool can_wait = scheduler() != nullptr;
     const detail::fine_t t = rel(clock_.now());
     detail::WaiterList done;  // earlier waiters found due on the way
     detail::Admission a;
     {
       std::lock_guard lock(mutex_);
-      const AcquireResult r = core_.try_acquire(t, op.cost_);
+      const AcquireResult r = core_.try_acquire(t, cost);
       if (r.status() != Status::not_now) [[likely]]
         return {r, false};
-      if (!can_wait) return {AcquireResult::failed(Status::invalid, Reason::no_scheduler, op.cost_), false};
-      op.build_node();
-      a = core_.admit(t, op.node_, op.max_wait_);
+      if (!can_wait) return {AcquireResult::failed(Status::invalid, Reason::no_scheduler, cost), false};
+      a = core_.admit(t, make_node(), max_wait);
       core_.take_ready(done);
       sync_timer();
     }
     detail::complete_all(done);
     return {a.result, a.queued};
-  }
-
-  // Queues `w` unless it completes at once; returns the immediate result then.
-  std::optional<AcquireResult> enqueue(detail::Waiter& w, detail::fine_t max_wait) {
-    const bool can_wait = scheduler() != nullptr;
-    const detail::fine_t t = rel(clock_.now());
-    detail::WaiterList done;  // earlier waiters found due on the way
-    detail::Admission a;
-    {
-      std::lock_guard lock(mutex_);
-      a = core_.admit(t, w, can_wait ? max_wait : 0);
-      core_.take_ready(done);
-      sync_timer();
-    }
-    detail::complete_all(done);
-    if (a.queued) return std::nullopt;
-    if (!can_wait && a.result.status() == Status::not_now)
-      return AcquireResult::failed(Status::invalid, Reason::no_scheduler, w.cost);
-    return a.result;
   }
 
   // Stop-token cancellation: completes `w` as cancelled unless already granted.
