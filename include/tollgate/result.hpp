@@ -9,6 +9,9 @@
 
 namespace tollgate {
 
+/// "No particular dimension", in results about a cost (see LimitSet).
+inline constexpr std::uint8_t no_dimension = 0xff;
+
 /// How an acquisition ended. Only `acquired` took tokens.
 enum class Status : std::uint8_t {
   acquired,   ///< the tokens were taken
@@ -48,6 +51,7 @@ enum class Reason : std::uint8_t {
   bucket_destroyed,
   deadline_after_reconfiguration,
   key_cap_reached,
+  wrong_dimension_count,
 };
 
 /// A fixed phrase for each Reason, e.g. "cost exceeds capacity".
@@ -65,6 +69,7 @@ constexpr std::string_view to_string(Reason r) noexcept {
     case Reason::bucket_destroyed: return "bucket destroyed while waiting";
     case Reason::deadline_after_reconfiguration: return "wait grew past max_wait after a reconfiguration";
     case Reason::key_cap_reached: return "key cap reached; new keys are refused";
+    case Reason::wrong_dimension_count: return "the cost vector's length differs from the limit set's dimensions";
   }
   return "unknown";
 }
@@ -86,10 +91,12 @@ class [[nodiscard]] AcquireResult {
     r.retry_after_ns_ = retry_after.count();
     return r;
   }
-  static constexpr AcquireResult failed(Status s, Reason reason, double cost = 0) noexcept {
+  static constexpr AcquireResult failed(Status s, Reason reason, double cost = 0,
+                                        std::uint8_t dimension = no_dimension) noexcept {
     AcquireResult r(s);
     r.reason_ = reason;
     r.cost_ = static_cast<float>(cost);
+    r.dimension_ = dimension;
     return r;
   }
 
@@ -109,6 +116,10 @@ class [[nodiscard]] AcquireResult {
   /// For failures about the cost: the cost asked for (as a float).
   constexpr double cost() const noexcept { return cost_; }
 
+  /// For a LimitSet's failures: the index of the dimension that refused
+  /// (`LimitSet::name(i)` names it); `no_dimension` otherwise.
+  constexpr std::uint8_t dimension() const noexcept { return dimension_; }
+
   /// One readable line, for logs and error replies, e.g.
   /// "never: cost exceeds capacity (cost 12)" or "not_now: retry after 500000000 ns".
   std::string message() const {
@@ -118,13 +129,18 @@ class [[nodiscard]] AcquireResult {
       os << ": retry after " << retry_after_ns_ << " ns";
     } else if (reason_ != Reason::none) {
       os << ": " << reason();
-      if (status_ == Status::never || status_ == Status::invalid) os << " (cost " << cost_ << ")";
+      if (status_ == Status::never || status_ == Status::invalid) {
+        os << " (cost " << cost_;
+        if (dimension_ != no_dimension) os << " in dimension " << int(dimension_);
+        os << ")";
+      }
     }
     return os.str();
   }
 
   friend constexpr bool operator==(const AcquireResult& a, const AcquireResult& b) noexcept {
-    return a.status_ == b.status_ && a.retry_after_ns_ == b.retry_after_ns_ && a.reason_ == b.reason_;
+    return a.status_ == b.status_ && a.retry_after_ns_ == b.retry_after_ns_ && a.reason_ == b.reason_ &&
+           a.dimension_ == b.dimension_;
   }
 
  private:
@@ -134,6 +150,7 @@ class [[nodiscard]] AcquireResult {
   float cost_ = 0;
   Status status_ = Status::invalid;
   Reason reason_ = Reason::none;
+  std::uint8_t dimension_ = no_dimension;
 };
 
 static_assert(sizeof(AcquireResult) == 16);

@@ -26,6 +26,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <sstream>
+#include <stdexcept>
 
 #include "../limit.hpp"
 #include "../result.hpp"
@@ -60,6 +62,18 @@ inline AcquireResult check_cost(double cost, double capacity) noexcept {
 
 class alignas(64) BucketCore {
  public:
+  using cost_type = double;
+  using waiter_type = Waiter;
+  static void set_cost(Waiter& w, double cost) noexcept { w.cost = cost; }
+
+  /// Throws `std::invalid_argument("<who>: <what> must be finite and >= 0, got v")`.
+  static void check_amount(const char* who, const char* what, double v, const double* = nullptr) {
+    if (v >= 0 && !std::isinf(v)) return;
+    std::ostringstream os;
+    os << who << ": " << what << " must be finite and >= 0, got " << v;
+    throw std::invalid_argument(os.str());
+  }
+
   /// A full bucket at relative time 0. `limit` must be valid.
   explicit BucketCore(const Limit& limit) noexcept {
     apply(limit);
@@ -245,6 +259,13 @@ class alignas(64) BucketCore {
     if (base < now - tau_ + queued_) base = now - tau_ + queued_;
     if (iv > horizon_ || base > horizon_ - iv) return false;
     tat_ = base + iv;
+    return true;
+  }
+
+  /// Refunds `estimate - actual` or charges `actual - estimate` (see charge).
+  bool settle(fine_t now, double estimate, double actual) noexcept {
+    if (actual < estimate) (void)refund(now, estimate - actual);
+    else if (actual > estimate) return charge(now, actual - estimate);
     return true;
   }
 

@@ -24,6 +24,7 @@ struct Waiter {
   WaiterPlace place = WaiterPlace::none;
   Status outcome = Status::acquired;
   Reason reason = Reason::none;
+  std::uint8_t dimension = no_dimension;  // the dimension a failure concerns (limit sets)
   void (*on_complete)(Waiter*) noexcept = nullptr;
 
   void complete() noexcept { on_complete(this); }

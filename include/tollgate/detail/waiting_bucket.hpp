@@ -1,0 +1,485 @@
+#pragma once
+// WaitingBucket<Core, Clock, Mutex>: the clock, lock, timer and waiting
+// front-ends (awaitable, blocking) shared by TokenBucket (one dimension) and
+// LimitSet (several). The Core holds the arithmetic and the FIFO queue as pure
+// functions of an explicit `now`; this class reads the clock, takes the lock,
+// keeps one timer armed for the queue head, and completes waiters outside the lock.
+//
+// A Core provides: `cost_type`, `waiter_type` (derived from Waiter) with
+// `static void set_cost(waiter_type&, const cost_type&)`, and `try_acquire`,
+// `admit`, `remove`, `observe`, `take_ready`, `next_wake`, `pause_until`,
+// `cancel_all`, `waiters`, `set_horizon`, with BucketCore's meanings.
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <coroutine>
+#include <limits>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <stop_token>
+#include <type_traits>
+#include <utility>
+
+#include "../result.hpp"
+#include "../scheduler.hpp"
+#include "../timer_thread_scheduler.hpp"
+#include "bucket_core.hpp"
+#include "fine_time.hpp"
+#include "waiter.hpp"
+
+namespace tollgate::detail {
+
+template <class Core, class Clock, class Mutex>
+class WaitingBucket {
+  static_assert(!std::chrono::treat_as_floating_point_v<typename Clock::rep>,
+                "tollgate: Clock must have an integral representation");
+
+ public:
+  using clock_type = Clock;
+  using mutex_type = Mutex;
+  using time_point = typename Clock::time_point;
+  using duration = typename Clock::duration;
+  using scheduler_type = Scheduler<Clock>;
+  using cost_type = typename Core::cost_type;
+
+  class AcquireOperation;
+
+  WaitingBucket(const WaitingBucket&) = delete;
+  WaitingBucket& operator=(const WaitingBucket&) = delete;
+
+  /// Admits nothing before `until`: what an upstream 429 with a Retry-After
+  /// asks for. Suspended waiters keep their order and wake from then on;
+  /// `try_acquire` answers `not_now` with the remaining pause; tokens keep
+  /// accruing up to capacity. A pause is only extended, never shortened. An
+  /// `acquire_for` waiter whose `max_wait` the pause overruns finishes
+  /// `timed_out` at once.
+  void pause_until(time_point until) {
+    // Clamp to the clock's range first: rel() of a far instant could overflow.
+    pause(until >= horizon_tp_ ? kFar : rel(until), false);
+  }
+
+  /// `pause_until(now + d)`; a negative, zero or NaN `d` does nothing.
+  template <class Rep, class Period>
+  void pause_for(std::chrono::duration<Rep, Period> d) {
+    const fine_t f = to_fine(d);
+    if (f > 0) pause(std::min(f, kFar), true);
+  }
+
+  /// How many waiters are queued and not yet due.
+  std::size_t waiters() const {
+    std::lock_guard lock(mutex_);
+    return core_.waiters();
+  }
+
+  const Clock& clock() const noexcept { return clock_; }
+
+  /// An acquisition whose real cost is known only afterwards (an LLM call's
+  /// tokens): it holds the estimate taken, and `settle(actual)` refunds the
+  /// surplus or charges the overrun as a debt (per dimension, for a LimitSet).
+  /// A permit destroyed unsettled keeps the estimate as the cost: nothing is
+  /// refunded and nothing more is charged, so an abandoned call costs exactly
+  /// what was reserved for it. Move-only; not thread-safe itself (the bucket is).
+  ///
+  ///     auto permit = co_await bucket.acquire_permit(estimate);
+  ///     if (!permit) co_return reply_429(permit.result());
+  ///     auto response = co_await call_llm(...);
+  ///     permit.settle(response.usage);
+  class Permit {
+   public:
+    /// An empty permit (`result()` is `invalid`); `settle` throws.
+    Permit() = default;
+    /// Adopts an acquisition of `estimate` already made on `bucket` (or, when
+    /// `result` is a failure, holds just that failure).
+    Permit(WaitingBucket& bucket, const cost_type& estimate,
+           AcquireResult result = AcquireResult::acquired()) noexcept
+        : bucket_(result.ok() ? &bucket : nullptr), estimate_(estimate), result_(result) {}
+    Permit(Permit&& o) noexcept
+        : bucket_(std::exchange(o.bucket_, nullptr)), estimate_(o.estimate_), result_(o.result_) {}
+    Permit& operator=(Permit&& o) noexcept {
+      bucket_ = std::exchange(o.bucket_, nullptr);
+      estimate_ = o.estimate_;
+      result_ = o.result_;
+      return *this;
+    }
+    Permit(const Permit&) = delete;
+    Permit& operator=(const Permit&) = delete;
+
+    /// True when the estimate was taken.
+    explicit operator bool() const noexcept { return result_.ok(); }
+    /// How the acquisition ended (a refusal's retry-after, reason, dimension).
+    const AcquireResult& result() const noexcept { return result_; }
+    const cost_type& estimate() const noexcept { return estimate_; }
+    /// True once settled, moved from, or when the acquisition failed.
+    bool settled() const noexcept { return bucket_ == nullptr; }
+
+    /// Settles at the real cost: refunds `estimate - actual` (never above
+    /// capacity) or charges `actual - estimate` as a debt. Once only: throws
+    /// `std::logic_error` if already settled, moved from or never acquired,
+    /// and `std::invalid_argument` for a negative, NaN or infinite `actual`
+    /// (the permit then stays unsettled).
+    void settle(const cost_type& actual) {
+      if (!bucket_)
+        throw std::logic_error(result_.ok() ? "Permit::settle: already settled"
+                                            : "Permit::settle: the acquisition failed; nothing to settle");
+      Core::check_amount("Permit::settle", "actual", actual, &estimate_);
+      std::exchange(bucket_, nullptr)->settle(estimate_, actual);
+    }
+
+   private:
+    WaitingBucket* bucket_ = nullptr;
+    cost_type estimate_{};
+    AcquireResult result_{};
+  };
+
+  class PermitOperation;
+
+  /// The awaitable returned by `acquire` and `acquire_for`. It carries the
+  /// queue node itself (built only if it has to wait): waiting allocates nothing.
+  class AcquireOperation {
+   public:
+    AcquireOperation(const AcquireOperation&) = delete;
+    AcquireOperation& operator=(const AcquireOperation&) = delete;
+
+    ~AcquireOperation() {
+      if (!built_) return;
+      node_.stop_callback.reset();
+      if (queued_) bucket_.abandon(node_);  // the coroutine was destroyed while waiting
+      node_.~Node();
+    }
+
+    /// Takes the tokens, fails for good, or joins the queue: all under one
+    /// lock acquisition. Returns false only when the coroutine must wait.
+    bool await_ready() noexcept {
+      if (stop_.stop_requested()) {
+        result_ = cancelled_result();
+        return true;
+      }
+      const Begin b = bucket_.begin(cost_, max_wait_, [this]() -> typename Core::waiter_type& {
+        build_node();
+        return node_;
+      });
+      if (b.queued) {
+        queued_ = true;
+        return false;
+      }
+      if (b.result.ok()) [[likely]] {
+        // Only a flag goes through the coroutine frame on the hot path: a
+        // 16-byte result stored and reloaded there stalls store forwarding.
+        acquired_ = true;
+        return true;
+      }
+      result_ = b.result;
+      return true;
+    }
+
+    /// Already queued by await_ready: records the handle, registers the stop
+    /// callback, and hands off with the completion (whoever comes second resumes).
+    bool await_suspend(std::coroutine_handle<> handle) {
+      node_.handle = handle;
+      if (stop_.stop_possible()) node_.stop_callback.emplace(stop_, Canceller{&bucket_, &node_});
+      return !node_.handoff.exchange(true, std::memory_order_acq_rel);
+    }
+
+    AcquireResult await_resume() noexcept {
+      if (acquired_) return AcquireResult::acquired();
+      if (queued_) {
+        node_.stop_callback.reset();
+        queued_ = false;
+        result_ = result_of(node_);
+      }
+      return result_;
+    }
+
+   private:
+    friend class WaitingBucket;
+    friend class PermitOperation;
+
+    struct Node;
+    struct Canceller {
+      WaitingBucket* bucket;
+      Node* node;
+      void operator()() const noexcept { bucket->cancel(*node); }
+    };
+    struct Node : Core::waiter_type {
+      std::coroutine_handle<> handle{};
+      std::atomic<bool> handoff{false};
+      std::optional<std::stop_callback<Canceller>> stop_callback;
+    };
+
+    AcquireOperation(WaitingBucket& bucket, const cost_type& cost, fine_t max_wait, std::stop_token stop) noexcept
+        : bucket_(bucket), cost_(cost), max_wait_(max_wait), stop_(std::move(stop)) {}
+
+    void build_node() noexcept {
+      ::new (static_cast<void*>(&node_)) Node();
+      built_ = true;
+      Core::set_cost(node_, cost_);
+      node_.on_complete = &AcquireOperation::complete_thunk;
+    }
+
+    static void complete_thunk(Waiter* w) noexcept {
+      auto* node = static_cast<Node*>(w);
+      // Usually await_suspend finished long ago: a load then suffices.
+      if (node->handoff.load(std::memory_order_acquire) || node->handoff.exchange(true, std::memory_order_acq_rel))
+        node->handle.resume();
+    }
+
+    WaitingBucket& bucket_;
+    cost_type cost_;
+    fine_t max_wait_;
+    std::stop_token stop_;
+    AcquireResult result_{};
+    bool built_ = false;
+    bool queued_ = false;
+    bool acquired_ = false;
+    union {
+      Node node_;  // constructed in await_ready, only when it must wait
+    };
+  };
+
+  /// The awaitable returned by `acquire_permit`: an AcquireOperation whose
+  /// `co_await` yields a Permit.
+  class PermitOperation {
+   public:
+    bool await_ready() noexcept { return op_.await_ready(); }
+    bool await_suspend(std::coroutine_handle<> h) { return op_.await_suspend(h); }
+    Permit await_resume() noexcept { return Permit(bucket_, op_.cost_, op_.await_resume()); }
+
+   private:
+    friend class WaitingBucket;
+    PermitOperation(WaitingBucket& bucket, const cost_type& cost, fine_t max_wait, std::stop_token stop) noexcept
+        : bucket_(bucket), op_(bucket, cost, max_wait, std::move(stop)) {}
+    WaitingBucket& bucket_;
+    AcquireOperation op_;
+  };
+
+ protected:
+  template <class... CoreArgs>
+  explicit WaitingBucket(Clock clock, scheduler_type* scheduler, CoreArgs&&... core_args)
+      : clock_(std::move(clock)), scheduler_(scheduler), core_(std::forward<CoreArgs>(core_args)...) {
+    origin_ = clock_.now();
+    core_.set_horizon(horizon_of(origin_));
+    horizon_tp_ = at(horizon_of(origin_));
+    timer_.fire = &WaitingBucket::fire_thunk;
+    timer_.context = this;
+  }
+
+  /// Completes every remaining waiter with `cancelled` (or `acquired`, for one
+  /// already granted).
+  ~WaitingBucket() {
+    if (scheduler_type* s = timer_owner_) s->disarm(timer_);
+    WaiterList done;
+    {
+      std::lock_guard lock(mutex_);
+      core_.cancel_all(done);
+    }
+    complete_all(done);
+  }
+
+  AcquireOperation make_operation(const cost_type& cost, fine_t max_wait, std::stop_token stop) {
+    return AcquireOperation(*this, cost, max_wait, std::move(stop));
+  }
+
+  PermitOperation make_permit_operation(const cost_type& cost, fine_t max_wait, std::stop_token stop) {
+    return PermitOperation(*this, cost, max_wait, std::move(stop));
+  }
+
+  // Refunds the surplus of `actual` over `estimate`, or charges the overrun.
+  void settle(const cost_type& estimate, const cost_type& actual) {
+    mutate([&](Core& core, fine_t t, WaiterList&) {
+      if (!core.settle(t, estimate, actual)) throw std::overflow_error("Permit::settle: debt beyond the clock's range");
+    });
+  }
+
+  /// The blocking front-end: waits on a condition variable for the scheduler.
+  AcquireResult block(const cost_type& cost, fine_t max_wait, std::stop_token stop) {
+    struct Blocking : Core::waiter_type {
+      std::mutex m;
+      std::condition_variable cv;
+      bool done = false;
+    } w;
+    if (stop.stop_requested()) return cancelled_result();
+    Core::set_cost(w, cost);
+    w.on_complete = [](Waiter* p) noexcept {
+      auto* b = static_cast<Blocking*>(p);
+      std::lock_guard l(b->m);
+      b->done = true;
+      b->cv.notify_one();
+    };
+    const Begin b = begin(cost, max_wait, [&]() -> typename Core::waiter_type& { return w; });
+    if (!b.queued) return b.result;
+    {
+      std::stop_callback on_stop(stop, [&] { cancel(w); });
+      std::unique_lock l(w.m);
+      w.cv.wait(l, [&] { return w.done; });
+    }
+    return result_of(w);
+  }
+
+  // Runs `f(core, now)` under the lock, then re-arms the timer and completes
+  // (outside the lock) every waiter it granted or finished.
+  template <class F>
+  decltype(auto) mutate(F&& f) {
+    WaiterList finished;
+    const fine_t t = rel(clock_.now());
+    struct Completer {
+      WaiterList& list;
+      ~Completer() { complete_all(list); }
+    } completer{finished};
+    std::lock_guard lock(mutex_);
+    // `finished` outlives the lock guard: waiters complete after it unlocks.
+    struct Sync {
+      WaitingBucket& self;
+      WaiterList& list;
+      ~Sync() {
+        self.core_.take_ready(list);
+        self.sync_timer();
+      }
+    } sync{*this, finished};
+    return std::forward<F>(f)(core_, t, finished);
+  }
+
+  // Farther than any instant a bucket can reach, with room to add a `now`.
+  static constexpr fine_t kFar = fine_max / 4;
+
+  // A pause until `v` (bucket-relative), or for `v` from now if `relative`.
+  void pause(fine_t v, bool relative) {
+    mutate([&](Core& core, fine_t t, WaiterList& finished) { core.pause_until(t, relative ? t + v : v, finished); });
+  }
+
+  static AcquireResult cancelled_result() noexcept {
+    return AcquireResult::failed(Status::cancelled, Reason::stop_requested);
+  }
+
+  template <class Rep, class Period>
+  static fine_t to_fine(std::chrono::duration<Rep, Period> d) noexcept {
+    using ns = std::chrono::nanoseconds;
+    if (!(d > std::chrono::duration<Rep, Period>::zero())) return 0;  // also NaN: waits nothing
+    if (d >= std::chrono::duration_cast<std::chrono::duration<Rep, Period>>(ns::max())) return fine_max;
+    return fine_from_ns(std::chrono::ceil<ns>(d).count());
+  }
+
+  static fine_t horizon_of(time_point origin) noexcept {
+    using ns = std::chrono::nanoseconds;
+    if (origin.time_since_epoch() < duration::zero()) return fine_from_ns(ns::max().count());
+    const duration room = time_point::max() - origin;
+    if (room >= std::chrono::duration_cast<duration>(ns::max())) return fine_from_ns(ns::max().count());
+    return fine_from_ns(std::chrono::floor<ns>(room).count());
+  }
+
+  fine_t rel(time_point now) const noexcept {
+    return fine_from_ns(std::chrono::duration_cast<std::chrono::nanoseconds>(now - origin_).count());
+  }
+
+  time_point at(fine_t t) const noexcept {
+    return origin_ +
+           std::chrono::ceil<duration>(std::chrono::nanoseconds(static_cast<std::int64_t>(ceil_ns(t))));
+  }
+
+  scheduler_type* scheduler() noexcept {
+    if (scheduler_) return scheduler_;
+    if constexpr (Clock::is_steady)  // a real monotonic clock: a background timer thread
+      return scheduler_ = &TimerThreadScheduler<Clock>::shared();
+    return nullptr;
+  }
+
+  struct Begin {
+    AcquireResult result;
+    bool queued;
+  };
+
+  // Every waiting front-end starts here: takes `cost` at once, fails for
+  // good, or queues the node `make_node()` returns (called only then, so the
+  // awaiter builds its node only when it must wait), under one lock acquisition.
+  template <class MakeNode>
+  Begin begin(const cost_type& cost, fine_t max_wait, MakeNode make_node) {
+    const bool can_wait = scheduler() != nullptr;
+    const fine_t t = rel(clock_.now());
+    WaiterList done;  // earlier waiters found due on the way
+    Admission a;
+    {
+      std::lock_guard lock(mutex_);
+      const AcquireResult r = core_.try_acquire(t, cost);
+      if (r.status() != Status::not_now) [[likely]]
+        return {r, false};
+      if (!can_wait) return {AcquireResult::failed(Status::invalid, Reason::no_scheduler), false};
+      a = core_.admit(t, make_node(), max_wait);
+      core_.take_ready(done);
+      sync_timer();
+    }
+    complete_all(done);
+    return {a.result, a.queued};
+  }
+
+  // Stop-token cancellation: completes `w` as cancelled unless already granted.
+  void cancel(Waiter& w) noexcept {
+    WaiterList done;
+    bool removed;
+    {
+      const fine_t t = rel(clock_.now());
+      std::lock_guard lock(mutex_);
+      removed = core_.remove(t, w, false) == Removal::removed;
+      if (removed) {
+        w.outcome = Status::cancelled;
+        w.reason = Reason::stop_requested;
+      }
+      core_.take_ready(done);  // later waiters that moved up and are due now
+      sync_timer();
+    }
+    if (removed) w.complete();
+    complete_all(done);
+  }
+
+  // The waiter's owner is gone (coroutine destroyed): unlink, give back.
+  void abandon(Waiter& w) noexcept {
+    mutate([&](Core& core, fine_t t, WaiterList&) { core.remove(t, w, true); });
+  }
+
+  static AcquireResult result_of(const Waiter& w) noexcept {
+    if (w.outcome == Status::acquired) return AcquireResult::acquired();
+    return AcquireResult::failed(w.outcome, w.reason, w.cost, w.dimension);
+  }
+
+  // Arms the bucket's single timer for the earliest instant a waiter is due.
+  // Called with the lock held; Scheduler::arm never calls back into the bucket.
+  void sync_timer() {
+    const fine_t want = core_.next_wake();
+    if (want == fine_max || want == armed_at_) return;
+    scheduler_type* s = scheduler();
+    if (!s) return;
+    s->arm(timer_, at(want));
+    timer_owner_ = s;
+    armed_at_ = want;
+  }
+
+  static void fire_thunk(void* self) noexcept { static_cast<WaitingBucket*>(self)->on_timer(); }
+
+  // The scheduler's callback: grant what is due, re-arm, then resume the
+  // granted waiters in FIFO order with no lock held.
+  void on_timer() noexcept {
+    WaiterList done;
+    {
+      const fine_t t = rel(clock_.now());
+      std::lock_guard lock(mutex_);
+      armed_at_ = fine_max;
+      core_.observe(t);
+      core_.take_ready(done);
+      sync_timer();
+    }
+    complete_all(done);
+  }
+
+  Clock clock_;
+  time_point origin_{};
+  time_point horizon_tp_{};  // the last instant the bucket can represent
+  scheduler_type* scheduler_;
+  scheduler_type* timer_owner_ = nullptr;
+  mutable Mutex mutex_;
+  mutable Core core_;  // mutable: reads also advance "latest time seen"
+  TimerNode<Clock> timer_;
+  fine_t armed_at_ = fine_max;
+};
+
+}  // namespace tollgate::detail
