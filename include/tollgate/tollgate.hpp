@@ -3,7 +3,9 @@
 
 #include "bucket_registry.hpp"  // IWYU pragma: export
 #include "coarse_clock.hpp"     // IWYU pragma: export
+#include "costs.hpp"            // IWYU pragma: export
 #include "limit.hpp"            // IWYU pragma: export
+#include "limit_set.hpp"        // IWYU pragma: export
 #include "null_mutex.hpp"       // IWYU pragma: export
 #include "result.hpp"           // IWYU pragma: export
 #include "scheduler.hpp"        // IWYU pragma: export

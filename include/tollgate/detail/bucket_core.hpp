@@ -60,11 +60,23 @@ inline AcquireResult check_cost(double cost, double capacity) noexcept {
   return AcquireResult::failed(Status::never, Reason::cost_exceeds_capacity, cost);
 }
 
+/// The tokens a refill time `level` holds (in [0, capacity]), rounded down so
+/// that taking them always succeeds; the full capacity only when exactly full.
+inline double tokens_in(fine_t level, fine_t tau, const Limit& limit, double fine_per_unit) noexcept {
+  if (level <= 0) return 0;
+  if (level >= tau) return limit.capacity;
+  double v = static_cast<double>(level) / fine_per_unit;
+  if (v > limit.capacity) v = limit.capacity;
+  while (v > 0 && fine_interval(v, limit.rate) > level) v = std::nextafter(v, 0.0);
+  return v;
+}
+
 class alignas(64) BucketCore {
  public:
   using cost_type = double;
   using waiter_type = Waiter;
   static void set_cost(Waiter& w, double cost) noexcept { w.cost = cost; }
+  static double zero_like(double) noexcept { return 0; }
 
   /// Throws `std::invalid_argument("<who>: <what> must be finite and >= 0, got v")`.
   static void check_amount(const char* who, const char* what, double v, const double* = nullptr) {
@@ -203,10 +215,7 @@ class alignas(64) BucketCore {
   }
 
   /// Moves the granted waiters to `out` (to be completed outside the lock).
-  void take_ready(WaiterList& out) noexcept {
-    for (Waiter* w = ready_.front(); w; w = w->next) w->place = WaiterPlace::none;
-    out.splice_back(ready_);
-  }
+  void take_ready(WaiterList& out) noexcept { detail::take_ready(ready_, out); }
 
   /// When the scheduler must next run this bucket: now if some waiter is
   /// granted but not completed, the head's due instant if some are pending,
@@ -294,13 +303,7 @@ class alignas(64) BucketCore {
   double available(fine_t now) noexcept {
     now = observe(now);
     if (now < paused_until_) return 0;
-    const fine_t level = now - tat_;
-    if (level <= 0) return 0;
-    if (level >= tau_) return limit_.capacity;
-    double v = static_cast<double>(level) / fine_per_unit_;
-    if (v > limit_.capacity) v = limit_.capacity;
-    while (v > 0 && fine_interval(v, limit_.rate) > level) v = std::nextafter(v, 0.0);
-    return v;
+    return tokens_in(now - tat_, tau_, limit_, fine_per_unit_);
   }
 
   /// True when the bucket is indistinguishable from a new full one at `now`.
@@ -362,18 +365,7 @@ class alignas(64) BucketCore {
   }
 
   /// Every pending and ready waiter, finished as `cancelled` (bucket teardown).
-  void cancel_all(WaiterList& finished) noexcept {
-    for (WaiterList* l : {&pending_, &ready_}) {
-      while (Waiter* w = l->pop_front()) {
-        if (w->place == WaiterPlace::pending) {
-          w->outcome = Status::cancelled;
-          w->reason = Reason::bucket_destroyed;
-        }
-        w->place = WaiterPlace::none;
-        finished.push_back(*w);
-      }
-    }
-  }
+  void cancel_all(WaiterList& finished) noexcept { detail::cancel_all(pending_, ready_, finished); }
 
   // Introspection for tests and invariants.
   fine_t tat() const noexcept { return tat_; }

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 
 #include "../result.hpp"
 #include "fine_time.hpp"
@@ -81,6 +82,27 @@ class WaiterList {
   Waiter* tail_ = nullptr;
   std::size_t size_ = 0;
 };
+
+/// Moves the granted waiters of `ready` to `out`, marking them out of the bucket.
+inline void take_ready(WaiterList& ready, WaiterList& out) noexcept {
+  for (Waiter* w = ready.front(); w; w = w->next) w->place = WaiterPlace::none;
+  out.splice_back(ready);
+}
+
+/// Bucket teardown: pending waiters finish `cancelled`, granted ones keep
+/// `acquired`; all are appended to `finished`.
+inline void cancel_all(WaiterList& pending, WaiterList& ready, WaiterList& finished) noexcept {
+  for (WaiterList* l : {&pending, &ready}) {
+    while (Waiter* w = l->pop_front()) {
+      if (w->place == WaiterPlace::pending) {
+        w->outcome = Status::cancelled;
+        w->reason = Reason::bucket_destroyed;
+      }
+      w->place = WaiterPlace::none;
+      finished.push_back(*w);
+    }
+  }
+}
 
 /// Completes every node of `list` (outside any lock), in FIFO order.
 inline void complete_all(WaiterList& list) noexcept {

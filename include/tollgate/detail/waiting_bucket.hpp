@@ -128,6 +128,11 @@ class WaitingBucket {
       std::exchange(bucket_, nullptr)->settle(estimate_, actual);
     }
 
+    /// Gives the whole estimate back (the call was never made): `settle` at
+    /// zero. With several limits, releasing a permit from one after another
+    /// refused leaves nothing taken from the first.
+    void release() { settle(Core::zero_like(estimate_)); }
+
    private:
     WaitingBucket* bucket_ = nullptr;
     cost_type estimate_{};

@@ -1,0 +1,246 @@
+#pragma once
+// LimitSet<Clock, Mutex>: several token buckets ("dimensions": requests,
+// tokens, input tokens, ...) taken all or nothing, with one FIFO queue.
+
+#include <chrono>
+#include <initializer_list>
+#include <mutex>
+#include <span>
+#include <sstream>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "costs.hpp"
+#include "detail/multi_core.hpp"
+#include "detail/waiting_bucket.hpp"
+#include "limit.hpp"
+#include "result.hpp"
+#include "scheduler.hpp"
+#include "spin_mutex.hpp"
+
+namespace tollgate {
+
+/// One named dimension of a LimitSet.
+struct Dimension {
+  std::string name;  ///< e.g. "requests", "tokens"; unique within the set
+  Limit limit;
+};
+
+/// Several token buckets over named dimensions, acquired together: what an
+/// LLM provider meters (OpenAI: requests and tokens per minute; Anthropic:
+/// requests, input tokens and output tokens).
+///
+///     LimitSet<> upstream({{"requests", Limit::per_minute(500)},
+///                          {"tokens", Limit::per_minute(30'000)}});
+///     auto permit = co_await upstream.acquire_permit({1, prompt + max_tokens});
+///
+/// Guarantees, per dimension, as TokenBucket's: the cost completed in any
+/// [s, t] never exceeds `capacity + rate * (t - s)` in that dimension. An
+/// acquisition takes its whole cost vector at one instant or nothing (all or
+/// nothing, under one lock); waiters complete in arrival order, each at the
+/// earliest instant its latest dimension has the tokens. Tokens a dimension
+/// cannot hold while a waiter waits for another dimension are lost, as in a
+/// real bucket. A cost above any dimension's capacity is refused at once with
+/// `never`, and `AcquireResult::dimension()` names the dimension (see `name`
+/// and `message`). Cancelling a waiter gives its cost back in every
+/// dimension and moves later waiters up.
+///
+/// Costs: removing a waiter from the middle of the queue, a refund, a charge,
+/// a corrected remaining count, a pause or a reconfiguration re-times the
+/// queue once, in O(waiters), the next time a newcomer needs it; admission
+/// and grants are O(dimensions).
+///
+/// Thread safety and waiting: as TokenBucket (the same scheduler rules and
+/// front-ends: `acquire`, `acquire_for`, `acquire_blocking`, `acquire_permit`).
+template <class Clock = std::chrono::steady_clock, class Mutex = SpinMutex>
+class LimitSet : public detail::WaitingBucket<detail::MultiCore, Clock, Mutex> {
+  using Base = detail::WaitingBucket<detail::MultiCore, Clock, Mutex>;
+  using Core = detail::MultiCore;
+  using fine_t = detail::fine_t;
+
+ public:
+  using typename Base::AcquireOperation;
+  using typename Base::Permit;
+  using typename Base::PermitOperation;
+  using typename Base::scheduler_type;
+  using typename Base::time_point;
+
+  /// A full set. Throws `std::invalid_argument` for no dimensions, more than
+  /// `max_dimensions`, an empty or repeated name, or an invalid limit.
+  explicit LimitSet(std::vector<Dimension> dimensions, Clock clock = Clock{}, scheduler_type* scheduler = nullptr)
+      : Base(std::move(clock), scheduler, std::span<const Limit>(checked(dimensions))), dims_(std::move(dimensions)) {}
+  LimitSet(std::initializer_list<Dimension> dimensions, Clock clock = Clock{}, scheduler_type* scheduler = nullptr)
+      : LimitSet(std::vector<Dimension>(dimensions), std::move(clock), scheduler) {}
+
+  /// How many dimensions; `name(i)` and `limit(i)` describe dimension `i`.
+  std::size_t size() const noexcept { return dims_.size(); }
+  const std::string& name(std::size_t i) const { return dims_.at(i).name; }
+  /// The index of the dimension called `name`; throws `std::out_of_range` naming it.
+  std::size_t index(std::string_view name) const {
+    for (std::size_t i = 0; i < dims_.size(); ++i)
+      if (dims_[i].name == name) return i;
+    throw std::out_of_range("LimitSet::index: no dimension named \"" + std::string(name) + "\"");
+  }
+  Limit limit(std::size_t i) const {
+    check_index("LimitSet::limit", i);
+    std::lock_guard lock(mutex_);
+    return core_.limit(i);
+  }
+
+  /// `r.message()` with the dimension named, e.g.
+  /// "never: cost exceeds capacity (cost 50000 in tokens)".
+  std::string message(const AcquireResult& r) const {
+    std::string m = r.message();
+    if (r.dimension() < dims_.size()) {
+      const std::string idx = "in dimension " + std::to_string(r.dimension());
+      if (auto at = m.find(idx); at != std::string::npos) m.replace(at, idx.size(), "in " + dims_[r.dimension()].name);
+      else m += " [" + dims_[r.dimension()].name + "]";
+    }
+    return m;
+  }
+
+  /// Takes `costs` now if every dimension has them and nobody is queued;
+  /// never waits. `not_now` carries the wait until the latest dimension (and
+  /// the queue ahead) would allow it; `never`/`invalid` name the dimension.
+  AcquireResult try_acquire(const Costs& costs) { return try_acquire_at(clock_.now(), costs); }
+  AcquireResult try_acquire_at(time_point now, const Costs& costs) {
+    const fine_t t = rel(now);
+    detail::WaiterList done;
+    AcquireResult r;
+    {
+      std::lock_guard lock(mutex_);
+      r = core_.try_acquire(t, costs);
+      core_.take_ready(done);  // waiters found due on the way
+      this->sync_timer();
+    }
+    detail::complete_all(done);
+    return r;
+  }
+
+  /// Waits (FIFO, without blocking a thread) until every dimension has its
+  /// cost, then takes them all at once. See TokenBucket::acquire for which
+  /// thread resumes the coroutine.
+  AcquireOperation acquire(const Costs& costs, std::stop_token stop = {}) {
+    return this->make_operation(costs, detail::fine_max, std::move(stop));
+  }
+  /// Refuses at once (`not_now`, nothing taken) when the wait would exceed `max_wait`.
+  template <class Rep, class Period>
+  AcquireOperation acquire_for(const Costs& costs, std::chrono::duration<Rep, Period> max_wait,
+                               std::stop_token stop = {}) {
+    return this->make_operation(costs, Base::to_fine(max_wait), std::move(stop));
+  }
+  /// Blocks the calling thread; as TokenBucket::acquire_blocking.
+  template <class Rep = std::int64_t, class Period = std::nano>
+  AcquireResult acquire_blocking(const Costs& costs,
+                                 std::chrono::duration<Rep, Period> max_wait = std::chrono::duration<Rep, Period>::max(),
+                                 std::stop_token stop = {}) {
+    return this->block(costs, Base::to_fine(max_wait), std::move(stop));
+  }
+  /// Like `acquire_for`, but `co_await` yields a Permit holding `estimate`,
+  /// to be settled at the real cost (see Permit).
+  template <class Rep = std::int64_t, class Period = std::nano>
+  PermitOperation acquire_permit(const Costs& estimate, std::chrono::duration<Rep, Period> max_wait =
+                                                            std::chrono::duration<Rep, Period>::max(),
+                                 std::stop_token stop = {}) {
+    return this->make_permit_operation(estimate, Base::to_fine(max_wait), std::move(stop));
+  }
+  /// `try_acquire` that returns a Permit holding `estimate` (empty when refused).
+  Permit try_acquire_permit(const Costs& estimate) { return Permit(*this, estimate, try_acquire(estimate)); }
+
+  /// Gives `costs` back (an acquisition not used), never above capacity in
+  /// any dimension; queued waiters benefit first. Throws `std::invalid_argument`
+  /// for a wrong length or a negative, NaN or infinite value.
+  void refund(const Costs& costs) {
+    Core::check_amount("LimitSet::refund", "costs", costs, &zeros());
+    this->mutate([&](Core& core, fine_t t, detail::WaiterList&) { core.refund(t, costs); });
+  }
+
+  /// Takes `costs` even where they are not there (a debt, never dropped; it
+  /// delays every later acquisition, queued waiters included): for usage
+  /// already spent upstream. Throws as `refund`, and `std::overflow_error`
+  /// (taking nothing) for a debt beyond the clock's range.
+  void charge(const Costs& costs) {
+    Core::check_amount("LimitSet::charge", "costs", costs, &zeros());
+    this->mutate([&](Core& core, fine_t t, detail::WaiterList&) {
+      if (!core.charge(t, costs)) throw std::overflow_error("LimitSet::charge: debt beyond the clock's range");
+    });
+  }
+
+  /// Corrects dimension `i` downwards to what the upstream says is left
+  /// (`x-ratelimit-remaining-tokens`, ...): its unreserved tokens become at
+  /// most `remaining`, never more than they were; queued waiters are delayed
+  /// accordingly. Throws `std::invalid_argument` for a negative, NaN or
+  /// infinite value and `std::out_of_range` for a bad index.
+  void limit_remaining(std::size_t i, double remaining) {
+    check_index("LimitSet::limit_remaining", i);
+    detail::BucketCore::check_amount("LimitSet::limit_remaining", "remaining", remaining);
+    this->mutate([&](Core& core, fine_t t, detail::WaiterList&) { core.limit_remaining(t, i, remaining); });
+  }
+
+  /// Unreserved tokens of dimension `i` now (0 while paused or while waiters are queued).
+  double available(std::size_t i) const {
+    check_index("LimitSet::available", i);
+    const fine_t t = rel(clock_.now());
+    std::lock_guard lock(mutex_);
+    return core_.available(t, i);
+  }
+
+  /// Changes dimension `i`'s limit: settles its tokens first, then re-times
+  /// the queue (a waiter whose cost now exceeds the capacity finishes
+  /// `never`; one pushed past its `max_wait`, `timed_out`).
+  void set_limit(std::size_t i, Limit limit) {
+    check_index("LimitSet::set_limit", i);
+    limit.validate("LimitSet::set_limit");
+    this->mutate([&](Core& core, fine_t t, detail::WaiterList& finished) { core.reconfigure(t, i, limit, finished); });
+  }
+
+  /// True when every dimension is full, nothing is paused and nobody waits.
+  bool is_fresh_at(time_point now) const {
+    const fine_t t = rel(now);
+    std::lock_guard lock(mutex_);
+    return core_.is_fresh(t);
+  }
+
+ private:
+  using Base::clock_;
+  using Base::core_;
+  using Base::mutex_;
+  using Base::rel;
+
+  void check_index(const char* who, std::size_t i) const {
+    if (i < dims_.size()) return;
+    std::ostringstream os;
+    os << who << ": dimension " << i << " out of range (the set has " << dims_.size() << ")";
+    throw std::out_of_range(os.str());
+  }
+
+  const Costs& zeros() const noexcept { return zeros_; }
+
+  static std::vector<Limit> checked(const std::vector<Dimension>& dims) {
+    if (dims.empty() || dims.size() > max_dimensions) {
+      std::ostringstream os;
+      os << "LimitSet::LimitSet: " << dims.size() << " dimensions; between 1 and " << max_dimensions << " allowed";
+      throw std::invalid_argument(os.str());
+    }
+    std::vector<Limit> limits;
+    for (std::size_t i = 0; i < dims.size(); ++i) {
+      if (dims[i].name.empty())
+        throw std::invalid_argument("LimitSet::LimitSet: dimension " + std::to_string(i) + " has no name");
+      for (std::size_t j = 0; j < i; ++j)
+        if (dims[j].name == dims[i].name)
+          throw std::invalid_argument("LimitSet::LimitSet: two dimensions named \"" + dims[i].name + "\"");
+      dims[i].limit.validate(("LimitSet::LimitSet (dimension \"" + dims[i].name + "\")").c_str());
+      limits.push_back(dims[i].limit);
+    }
+    return limits;
+  }
+
+  std::vector<Dimension> dims_;
+  Costs zeros_ = Costs::zeros(dims_.size());
+};
+
+}  // namespace tollgate
