@@ -12,5 +12,6 @@
 #include "spin_mutex.hpp"       // IWYU pragma: export
 #include "timer_thread_scheduler.hpp"  // IWYU pragma: export
 #include "token_bucket.hpp"     // IWYU pragma: export
+#include "upstream_feedback.hpp"  // IWYU pragma: export
 #include "upstream_headers.hpp"  // IWYU pragma: export
 #include "version.hpp"          // IWYU pragma: export

@@ -1,0 +1,221 @@
+#pragma once
+// UpstreamFeedback: feeds an LLM provider's answers back into a LimitSet:
+// 429/503/529 pause it, rate headers correct it, and an optional adaptive
+// rate shrinks on rate-limit refusals and grows back slowly on success.
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cmath>
+#include <cstddef>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string_view>
+
+#include "limit.hpp"
+#include "limit_set.hpp"
+#include "upstream_headers.hpp"
+
+namespace tollgate {
+
+/// What an upstream answer means for the limiter.
+enum class UpstreamVerdict : std::uint8_t {
+  ok,               ///< served (2xx)
+  rate_limited,     ///< 429 for rate: wait and retry; the limits are too high
+  overloaded,       ///< 503 / 529: the provider is busy; wait and retry, limits unchanged
+  quota_exhausted,  ///< 429 `insufficient_quota`, a spend limit, 402: do not retry; tell the caller
+  error,            ///< any other failure: nothing to learn about limits
+};
+
+constexpr std::string_view to_string(UpstreamVerdict v) noexcept {
+  switch (v) {
+    case UpstreamVerdict::ok: return "ok";
+    case UpstreamVerdict::rate_limited: return "rate_limited";
+    case UpstreamVerdict::overloaded: return "overloaded";
+    case UpstreamVerdict::quota_exhausted: return "quota_exhausted";
+    case UpstreamVerdict::error: return "error";
+  }
+  return "unknown";
+}
+
+/// Classifies an HTTP status and the provider's error code or type (OpenAI's
+/// `error.code` / `error.type`, Anthropic's `error.type`), if any.
+inline UpstreamVerdict classify_upstream(int status, std::string_view error_code = {}) noexcept {
+  for (std::string_view quota : {"insufficient_quota", "billing_hard_limit_reached", "billing_not_active",
+                                 "spend_limit_exceeded", "credit_balance_too_low"})
+    if (detail::iequals(error_code, quota)) return UpstreamVerdict::quota_exhausted;
+  if (status >= 200 && status < 300) return UpstreamVerdict::ok;
+  if (status == 402) return UpstreamVerdict::quota_exhausted;
+  if (status == 429) return UpstreamVerdict::rate_limited;
+  if (status == 503 || status == 529 || detail::iequals(error_code, "overloaded_error"))
+    return UpstreamVerdict::overloaded;
+  return UpstreamVerdict::error;
+}
+
+/// The adaptive rate's parameters (AIMD). The rate of every dimension moves
+/// between `floor * ceiling` and the ceiling (the configured limit, lowered
+/// when a provider's `*-limit` header reports less).
+struct AdaptiveRate {
+  double decrease = 0.8;   ///< on a rate-limit 429: rate *= decrease (0 < decrease < 1)
+  double ramp = 0.01;      ///< on success: rate += ramp * ceiling per second, at most
+  double floor = 0.1;      ///< never below floor * ceiling (0 < floor <= 1)
+  double headroom = 0.05;  ///< grow only while the provider reports at least this share left
+
+  void validate() const {
+    if (!(decrease > 0 && decrease < 1)) throw std::invalid_argument("AdaptiveRate: decrease must be in (0, 1)");
+    if (!(ramp > 0 && std::isfinite(ramp))) throw std::invalid_argument("AdaptiveRate: ramp must be finite and > 0");
+    if (!(floor > 0 && floor <= 1)) throw std::invalid_argument("AdaptiveRate: floor must be in (0, 1]");
+    if (!(headroom >= 0 && headroom < 1)) throw std::invalid_argument("AdaptiveRate: headroom must be in [0, 1)");
+  }
+};
+
+/// Connects a LimitSet to a provider's answers. The set's dimensions are
+/// matched by name to the provider's headers: "requests", "tokens",
+/// "input_tokens", "output_tokens" (others are left alone).
+///
+/// For each answer (`on_response`):
+///  - `*-remaining` headers lower the matching dimension's unreserved tokens
+///    (never raise them);
+///  - a `*-limit` header below the configured capacity lowers that
+///    dimension's ceiling (same refill window); never above the configuration;
+///  - a rate-limit 429 or an overload (503/529) pauses the whole set, queued
+///    waiters included, for `retry-after-ms` / `Retry-After`, else for the
+///    exhausted dimension's reset, else for `default_pause`; capped at
+///    `max_upstream_wait`;
+///  - with an AdaptiveRate: a rate-limit 429 multiplies the exhausted
+///    dimensions' rates (all, when none is reported exhausted) by `decrease`;
+///    a success grows them by at most `ramp * ceiling` per second while the
+///    provider reports headroom; an overload changes no rate;
+///  - a quota error changes nothing and is returned for the caller to report.
+///
+/// The set's capacities stay the ceiling's (the provider's burst); only the
+/// refill rates adapt. Thread safety: as the LimitSet when `Mutex` is a real
+/// mutex (the adaptive state has its own lock, never held while the set runs).
+template <class Clock = std::chrono::steady_clock, class Mutex = SpinMutex>
+class UpstreamFeedback {
+ public:
+  struct Options {
+    std::optional<AdaptiveRate> adaptive;                        ///< none: header sync and pauses only
+    std::chrono::nanoseconds default_pause = std::chrono::seconds(1);  ///< a 429 that says nothing
+  };
+
+  explicit UpstreamFeedback(LimitSet<Clock, Mutex>& set, Options options = {}) : set_(set), options_(options) {
+    if (options_.adaptive) options_.adaptive->validate();
+    for (std::size_t i = 0; i < set.size(); ++i) {
+      Dim& d = dims_[i];
+      d.configured = set.limit(i);
+      d.ceiling = d.applied_ceiling = d.configured;
+      d.rate = d.applied = d.configured.rate;
+      const std::string& n = set.name(i);
+      d.field = n == "requests" ? &UpstreamLimits::requests
+              : n == "tokens" ? &UpstreamLimits::tokens
+              : n == "input_tokens" ? &UpstreamLimits::input_tokens
+              : n == "output_tokens" ? &UpstreamLimits::output_tokens
+                                     : nullptr;
+    }
+    last_ramp_ = set.clock().now();
+  }
+
+  /// Feeds one answer: its HTTP status, its parsed headers, and the
+  /// provider's error code if any. Returns the verdict.
+  UpstreamVerdict on_response(int status, const UpstreamLimits& headers, std::string_view error_code = {}) {
+    const UpstreamVerdict verdict = classify_upstream(status, error_code);
+    if (verdict == UpstreamVerdict::quota_exhausted || verdict == UpstreamVerdict::error) return verdict;
+    // Decide under our lock; act on the set after releasing it (the set may
+    // resume waiters, whose code may call back here).
+    std::array<std::optional<double>, max_dimensions> remaining{};
+    std::array<std::optional<Limit>, max_dimensions> new_limit{};
+    std::optional<std::chrono::nanoseconds> pause;
+    {
+      std::lock_guard lock(mutex_);
+      const auto now = set_.clock().now();
+      const double elapsed = std::max(0.0, std::chrono::duration<double>(now - last_ramp_).count());
+      last_ramp_ = now;
+      std::array<bool, max_dimensions> exhausted{};
+      bool any_exhausted = false;
+      std::optional<std::chrono::nanoseconds> reset_pause;
+      bool headroom = true;
+      for (std::size_t i = 0; i < set_.size(); ++i) {
+        Dim& d = dims_[i];
+        if (!d.field) continue;
+        const UpstreamDimension& u = headers.*(d.field);
+        if (u.limit && *u.limit > 0 && *u.limit < d.ceiling.capacity) {
+          const double window = d.configured.capacity / d.configured.rate;
+          d.ceiling = Limit{*u.limit, *u.limit / window};
+          d.rate = std::min(d.rate, d.ceiling.rate);
+        }
+        if (u.remaining) {
+          remaining[i] = *u.remaining;
+          const double cap = u.limit && *u.limit > 0 ? *u.limit : d.ceiling.capacity;
+          if (*u.remaining < (options_.adaptive ? options_.adaptive->headroom : 0) * cap) headroom = false;
+          if (*u.remaining < 1) {
+            exhausted[i] = any_exhausted = true;
+            if (u.reset) reset_pause = std::max(reset_pause.value_or(std::chrono::nanoseconds(0)), *u.reset);
+          }
+        }
+      }
+      if (verdict == UpstreamVerdict::rate_limited || verdict == UpstreamVerdict::overloaded)
+        pause = std::min<std::chrono::nanoseconds>(
+            headers.retry_after ? *headers.retry_after : reset_pause.value_or(options_.default_pause),
+            max_upstream_wait);
+      for (std::size_t i = 0; i < set_.size(); ++i) {
+        Dim& d = dims_[i];
+        if (const auto& a = options_.adaptive) {
+          if (verdict == UpstreamVerdict::rate_limited && (exhausted[i] || !any_exhausted))
+            d.rate = std::max(a->floor * d.ceiling.rate, d.rate * a->decrease);
+          else if (verdict == UpstreamVerdict::ok && headroom)
+            d.rate = std::min(d.ceiling.rate, d.rate + a->ramp * d.ceiling.rate * elapsed);
+        }
+        // Apply a change of ceiling, any decrease, and increases in steps of
+        // 1% (each change re-times the queue).
+        if (d.ceiling != d.applied_ceiling || d.rate < d.applied || d.rate >= d.applied * 1.01 ||
+            (d.rate == d.ceiling.rate && d.applied != d.rate)) {
+          d.applied = d.rate;
+          d.applied_ceiling = d.ceiling;
+          new_limit[i] = Limit{d.ceiling.capacity, d.rate};
+        }
+      }
+    }
+    for (std::size_t i = 0; i < set_.size(); ++i) {
+      if (new_limit[i]) set_.set_limit(i, *new_limit[i]);
+      if (remaining[i]) set_.limit_remaining(i, *remaining[i]);
+    }
+    if (pause) set_.pause_for(*pause);
+    return verdict;
+  }
+
+  /// `on_response` with the headers read through `header(name)` (see parse_upstream_limits).
+  template <class HeaderFn>
+  UpstreamVerdict on_response(int status, HeaderFn&& header, std::chrono::system_clock::time_point now,
+                              std::string_view error_code = {}) {
+    return on_response(status, parse_upstream_limits(std::forward<HeaderFn>(header), now), error_code);
+  }
+
+  /// The current refill rate of dimension `i` (the adaptive one, or the ceiling).
+  double rate(std::size_t i) const {
+    std::lock_guard lock(mutex_);
+    return dims_.at(i).rate;
+  }
+  /// The ceiling of dimension `i`: its configured limit, or less if the provider said so.
+  Limit ceiling(std::size_t i) const {
+    std::lock_guard lock(mutex_);
+    return dims_.at(i).ceiling;
+  }
+
+ private:
+  struct Dim {
+    Limit configured, ceiling, applied_ceiling;
+    double rate = 0;     // the adaptive rate
+    double applied = 0;  // the rate last given to the set
+    UpstreamDimension UpstreamLimits::*field = nullptr;
+  };
+
+  LimitSet<Clock, Mutex>& set_;
+  Options options_;
+  std::array<Dim, max_dimensions> dims_{};
+  typename Clock::time_point last_ramp_{};
+  mutable std::mutex mutex_;
+};
+
+}  // namespace tollgate
