@@ -412,14 +412,14 @@ class MultiCore {
       if (changed_dim < n_) {
         const std::size_t d = changed_dim;
         if (w.costs[d] > dims_[d].limit.capacity) {
-          drop(w, Status::never, Reason::cost_exceeds_new_capacity, d, finished);
+          drop(w, Status::never, Reason::cost_exceeds_new_capacity, static_cast<std::uint8_t>(d), w.costs[d], finished);
           continue;
         }
         w.iv[d] = interval(d, w.costs[d]);
       }
       const fine_t due_w = due_after(g, e, w);
       if (due_w > w.deadline || due_w > horizon_) {
-        drop(w, Status::timed_out, Reason::deadline_after_reconfiguration, no_dimension, finished);
+        drop(w, Status::timed_out, Reason::deadline_after_reconfiguration, no_dimension, 0, finished);
         continue;
       }
       g = due_w;
@@ -430,13 +430,13 @@ class MultiCore {
     stale_ = false;
   }
 
-  void drop(MultiWaiter& w, Status s, Reason r, std::size_t d, WaiterList& finished) noexcept {
+  void drop(MultiWaiter& w, Status s, Reason r, std::uint8_t dimension, double cost, WaiterList& finished) noexcept {
     pending_.remove(w);
     w.place = WaiterPlace::none;
     w.outcome = s;
     w.reason = r;
-    w.dimension = static_cast<std::uint8_t>(d);
-    w.cost = d < n_ ? w.costs[d] : 0;
+    w.dimension = dimension;
+    w.cost = cost;
     finished.push_back(w);
   }
 
