@@ -66,6 +66,7 @@ TEST_CASE("limit set: all or nothing; a cost above a dimension's capacity is nev
   CHECK(r.status() == Status::never);
   CHECK(r.dimension() == 1);
   CHECK(f.set.message(r) == "never: cost exceeds capacity (cost 1001 in tokens)");
+  CHECK(r.message() == "never: cost exceeds capacity (cost 1001 in dimension 1)");
   CHECK(f.set.available(0) == 10);  // nothing was taken from requests
 
   REQUIRE(f.set.try_acquire({1, 900}));

@@ -94,13 +94,7 @@ class LimitSet : public detail::WaitingBucket<detail::MultiCore, Clock, Mutex> {
   /// `r.message()` with the dimension named, e.g.
   /// "never: cost exceeds capacity (cost 50000 in tokens)".
   std::string message(const AcquireResult& r) const {
-    std::string m = r.message();
-    if (r.dimension() < dims_.size()) {
-      const std::string idx = "in dimension " + std::to_string(r.dimension());
-      if (auto at = m.find(idx); at != std::string::npos) m.replace(at, idx.size(), "in " + dims_[r.dimension()].name);
-      else m += " [" + dims_[r.dimension()].name + "]";
-    }
-    return m;
+    return r.message(r.dimension() < dims_.size() ? std::string_view(dims_[r.dimension()].name) : std::string_view());
   }
 
   /// Takes `costs` now if every dimension has them and nobody is queued;
@@ -108,17 +102,8 @@ class LimitSet : public detail::WaitingBucket<detail::MultiCore, Clock, Mutex> {
   /// the queue ahead) would allow it; `never`/`invalid` name the dimension.
   AcquireResult try_acquire(const Costs& costs) { return try_acquire_at(clock_.now(), costs); }
   AcquireResult try_acquire_at(time_point now, const Costs& costs) {
-    const fine_t t = rel(now);
-    detail::WaiterList done;
-    AcquireResult r;
-    {
-      std::lock_guard lock(mutex_);
-      r = core_.try_acquire(t, costs);
-      core_.take_ready(done);  // waiters found due on the way
-      this->sync_timer();
-    }
-    detail::complete_all(done);
-    return r;
+    // Through mutate: waiters found due on the way are completed too.
+    return this->mutate_at(rel(now), [&](Core& core, fine_t t, detail::WaiterList&) { return core.try_acquire(t, costs); });
   }
 
   /// Waits (FIFO, without blocking a thread) until every dimension has its

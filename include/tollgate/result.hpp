@@ -122,7 +122,9 @@ class [[nodiscard]] AcquireResult {
 
   /// One readable line, for logs and error replies, e.g.
   /// "never: cost exceeds capacity (cost 12)" or "not_now: retry after 500000000 ns".
-  std::string message() const {
+  /// `dimension_name` names the dimension of a LimitSet's failure (see
+  /// `LimitSet::message`); without it the dimension's index is printed.
+  std::string message(std::string_view dimension_name = {}) const {
     std::ostringstream os;
     os << to_string(status_);
     if (status_ == Status::not_now) {
@@ -131,7 +133,8 @@ class [[nodiscard]] AcquireResult {
       os << ": " << reason();
       if (status_ == Status::never || status_ == Status::invalid) {
         os << " (cost " << cost_;
-        if (dimension_ != no_dimension) os << " in dimension " << int(dimension_);
+        if (!dimension_name.empty()) os << " in " << dimension_name;
+        else if (dimension_ != no_dimension) os << " in dimension " << int(dimension_);
         os << ")";
       }
     }

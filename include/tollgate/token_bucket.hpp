@@ -158,8 +158,9 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
   double refund(double cost) { return refund_at(clock_.now(), cost); }
   double refund_at(time_point now, double cost) {
     detail::BucketCore::check_amount("TokenBucket::refund", "cost", cost);
-    const detail::fine_t t = rel(now);
-    return this->mutate([&](detail::BucketCore& core, detail::fine_t, detail::WaiterList&) { return core.refund(t, cost); });
+    return this->mutate_at(rel(now), [&](detail::BucketCore& core, detail::fine_t t, detail::WaiterList&) {
+      return core.refund(t, cost);
+    });
   }
 
   /// Takes `cost` even if it is not there, leaving the bucket in debt: for an

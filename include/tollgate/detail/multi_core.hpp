@@ -108,9 +108,9 @@ class MultiCore {
     else last_now_ = now;
     if (now < paused_until_) return now;
     while (auto* w = head()) {
-      const fine_t g = due_after(floor_, starts_view(), *w);
+      const fine_t g = due(floor_, starts_view(), w->iv);
       if (g > now) break;
-      grant(g, *w);
+      grant(g, w->iv);
       pending_.remove(*w);
       w->place = WaiterPlace::ready;
       w->outcome = Status::acquired;
@@ -158,7 +158,7 @@ class MultiCore {
     const bool fresh = !stale_;
     pending_.push_back(w);
     if (fresh) {  // extend the tail prediction by this waiter
-      advance(g, tail_end_.data(), w);
+      advance(g, tail_end_, w.iv);
       tail_due_ = g;
     }
     return {AcquireResult::acquired(), true, g};
@@ -192,7 +192,7 @@ class MultiCore {
 
   fine_t next_wake() const noexcept {
     if (!ready_.empty()) return last_now_;
-    if (const auto* w = head()) return due_after(floor_, starts_view(), *w);
+    if (const auto* w = head()) return due(floor_, starts_view(), w->iv);
     return fine_max;
   }
 
@@ -344,27 +344,22 @@ class MultiCore {
     for (std::size_t d = 0; d < n_; ++d) g = std::max(g, e[d] + iv[d]);
     return ceil_ns(g) * fine_per_ns;
   }
-  template <class Ends>
-  fine_t due_after(fine_t prev, const Ends& e, const MultiWaiter& w) const noexcept {
-    return due(prev, e, w.iv);
-  }
-
   // Pays for `iv` in every dimension at grant instant `g` (tokens a
-  // dimension could not hold by then are lost).
-  template <class Iv>
-  void advance(fine_t g, fine_t* e, const Iv& iv) const noexcept {
+  // dimension could not hold by then are lost): on the predicted ends `e`.
+  void advance(fine_t g, std::array<fine_t, max_dimensions>& e, const std::array<fine_t, max_dimensions>& iv) const noexcept {
     for (std::size_t d = 0; d < n_; ++d) e[d] = std::max(e[d], g - dims_[d].tau) + iv[d];
   }
-  void advance(fine_t g, fine_t* e, const MultiWaiter& w) const noexcept { advance(g, e, w.iv); }
 
-  void grant(fine_t g, const MultiWaiter& w) noexcept {
-    for (std::size_t d = 0; d < n_; ++d) dims_[d].start = std::max(dims_[d].start, g - dims_[d].tau) + w.iv[d];
+  // The same on the dimensions themselves: a grant at `g` (never before the
+  // latest instant seen, so `floor_` simply becomes `g`).
+  void grant(fine_t g, const std::array<fine_t, max_dimensions>& iv) noexcept {
+    for (std::size_t d = 0; d < n_; ++d) dims_[d].start = std::max(dims_[d].start, g - dims_[d].tau) + iv[d];
     floor_ = g;
   }
 
+  // A grant at `now` with nobody queued: the tail prediction is the new state.
   void commit_now(fine_t now, const std::array<fine_t, max_dimensions>& iv) noexcept {
-    for (std::size_t d = 0; d < n_; ++d) dims_[d].start = std::max(dims_[d].start, now - dims_[d].tau) + iv[d];
-    floor_ = std::max(floor_, now);
+    grant(now, iv);
     tail_end_ = starts();
     tail_due_ = floor_;
   }
@@ -417,13 +412,13 @@ class MultiCore {
         }
         w.iv[d] = interval(d, w.costs[d]);
       }
-      const fine_t due_w = due_after(g, e, w);
+      const fine_t due_w = due(g, e, w.iv);
       if (due_w > w.deadline || due_w > horizon_) {
         drop(w, Status::timed_out, Reason::deadline_after_reconfiguration, no_dimension, 0, finished);
         continue;
       }
       g = due_w;
-      advance(g, e.data(), w);
+      advance(g, e, w.iv);
     }
     tail_due_ = g;
     tail_end_ = e;

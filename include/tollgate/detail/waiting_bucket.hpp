@@ -323,12 +323,17 @@ class WaitingBucket {
     return result_of(w);
   }
 
-  // Runs `f(core, now)` under the lock, then re-arms the timer and completes
-  // (outside the lock) every waiter it granted or finished.
+  // Runs `f(core, now, finished)` under the lock, then re-arms the timer and
+  // completes (outside the lock) every waiter it appended to `finished` and
+  // every waiter the core granted, in that order.
   template <class F>
   decltype(auto) mutate(F&& f) {
+    return mutate_at(rel(clock_.now()), std::forward<F>(f));
+  }
+  // `mutate` at an explicit bucket-relative instant `t`.
+  template <class F>
+  decltype(auto) mutate_at(fine_t t, F&& f) {
     WaiterList finished;
-    const fine_t t = rel(clock_.now());
     struct Completer {
       WaiterList& list;
       ~Completer() { complete_all(list); }
@@ -419,22 +424,14 @@ class WaitingBucket {
   }
 
   // Stop-token cancellation: completes `w` as cancelled unless already granted.
+  // Later waiters that moved up and are due now complete after it.
   void cancel(Waiter& w) noexcept {
-    WaiterList done;
-    bool removed;
-    {
-      const fine_t t = rel(clock_.now());
-      std::lock_guard lock(mutex_);
-      removed = core_.remove(t, w, false) == Removal::removed;
-      if (removed) {
-        w.outcome = Status::cancelled;
-        w.reason = Reason::stop_requested;
-      }
-      core_.take_ready(done);  // later waiters that moved up and are due now
-      sync_timer();
-    }
-    if (removed) w.complete();
-    complete_all(done);
+    mutate([&](Core& core, fine_t t, WaiterList& finished) {
+      if (core.remove(t, w, false) != Removal::removed) return;
+      w.outcome = Status::cancelled;
+      w.reason = Reason::stop_requested;
+      finished.push_back(w);
+    });
   }
 
   // The waiter's owner is gone (coroutine destroyed): unlink, give back.
@@ -464,16 +461,10 @@ class WaitingBucket {
   // The scheduler's callback: grant what is due, re-arm, then resume the
   // granted waiters in FIFO order with no lock held.
   void on_timer() noexcept {
-    WaiterList done;
-    {
-      const fine_t t = rel(clock_.now());
-      std::lock_guard lock(mutex_);
+    mutate([&](Core& core, fine_t t, WaiterList&) {
       armed_at_ = fine_max;
-      core_.observe(t);
-      core_.take_ready(done);
-      sync_timer();
-    }
-    complete_all(done);
+      core.observe(t);
+    });
   }
 
   Clock clock_;
