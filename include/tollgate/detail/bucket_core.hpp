@@ -118,9 +118,11 @@ class alignas(64) BucketCore {
     while (Waiter* w = pending_.front()) {
       const fine_t due = tat_ - queued_ + w->interval;
       if (due > now) break;
-      // Granted at max(due, end of pause): tokens beyond one bucket at that
-      // instant are lost, as they would have been had it waited in a bucket.
-      const fine_t floor = std::max(due, paused_until_) - tau_;
+      // Granted at max(due, end of pause), rounded up to the whole nanosecond
+      // a clock can complete it at: tokens beyond one bucket at that instant
+      // are lost, as they would have been had it waited in a bucket (so every
+      // window of observed completion instants conforms).
+      const fine_t floor = ceil_ns(std::max(due, paused_until_)) * fine_per_ns - tau_;
       if (tat_ - queued_ < floor) tat_ = floor + queued_;
       queued_ -= w->interval;
       pending_.remove(*w);
