@@ -21,6 +21,7 @@ enum class Status : std::uint8_t {
   cancelled,  ///< a waiter left the queue (stop token); nothing was taken
   timed_out,  ///< a waiter's deadline passed after a reconfiguration; nothing taken
   rejected,   ///< a BucketRegistry at its key cap refused a new key; nothing taken
+  unavailable,  ///< a remote store (Redis) did not answer in time; nothing taken
 };
 
 /// Returns the enumerator's name, such as "not_now".
@@ -33,6 +34,7 @@ constexpr std::string_view to_string(Status s) noexcept {
     case Status::cancelled: return "cancelled";
     case Status::timed_out: return "timed_out";
     case Status::rejected: return "rejected";
+    case Status::unavailable: return "unavailable";
   }
   return "unknown";
 }
@@ -52,6 +54,10 @@ enum class Reason : std::uint8_t {
   deadline_after_reconfiguration,
   key_cap_reached,
   wrong_dimension_count,
+  store_unreachable,
+  store_timeout,
+  store_error,
+  store_closed,
 };
 
 /// A fixed phrase for each Reason, e.g. "cost exceeds capacity".
@@ -70,6 +76,10 @@ constexpr std::string_view to_string(Reason r) noexcept {
     case Reason::deadline_after_reconfiguration: return "wait grew past max_wait after a reconfiguration";
     case Reason::key_cap_reached: return "key cap reached; new keys are refused";
     case Reason::wrong_dimension_count: return "the cost vector's length differs from the limit set's dimensions";
+    case Reason::store_unreachable: return "the store cannot be reached (connection refused or lost)";
+    case Reason::store_timeout: return "the store did not answer within the command timeout";
+    case Reason::store_error: return "the store answered with an error";
+    case Reason::store_closed: return "the connection to the store was closed";
   }
   return "unknown";
 }
