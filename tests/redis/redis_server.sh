@@ -34,8 +34,10 @@ case "$cmd" in
   stop)
     if [ -s "$dir/redis.pid" ]; then
       pid=$(cat "$dir/redis.pid")
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+      # redis-server removes its pid file when it exits (a zombie left to a
+      # container's init would still answer kill -0).
+      [ -s "$dir/port" ] && "$cli" -h 127.0.0.1 -p "$(cat "$dir/port")" shutdown nosave >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 100); do [ -e "$dir/redis.pid" ] || break; sleep 0.05; done
       kill -9 "$pid" 2>/dev/null || true
       rm -f "$dir/redis.pid"
     fi
