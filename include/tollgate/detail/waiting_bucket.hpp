@@ -76,6 +76,28 @@ class WaitingBucket {
 
   const Clock& clock() const noexcept { return clock_; }
 
+  // ---- For waiting front-ends outside the core (tollgate/asio.hpp) ----------
+
+  /// The queue node such a front-end embeds. It sets `on_complete`, which
+  /// runs once, with no lock held, on the thread that granted or cancelled it.
+  using waiter_type = typename Core::waiter_type;
+
+  /// Takes `cost` at once (`.second == false`: the result is final) or queues
+  /// `w` (`.second == true`: `w.on_complete` will run). A wait longer than
+  /// `max_wait` is refused at once with `not_now`, as `acquire_for`.
+  template <class Rep, class Period>
+  std::pair<AcquireResult, bool> wait_begin(waiter_type& w, const cost_type& cost,
+                                            std::chrono::duration<Rep, Period> max_wait) {
+    Core::set_cost(w, cost);
+    const Begin b = begin(cost, to_fine(max_wait), [&]() -> waiter_type& { return w; });
+    return {b.result, b.queued};
+  }
+  /// Takes a queued `w` out (exact accounting; later waiters move up) and
+  /// completes it `cancelled`; nothing when it was already granted.
+  void wait_cancel(waiter_type& w) noexcept { cancel(w); }
+  /// What a completed `w` got.
+  static AcquireResult wait_result(const waiter_type& w) noexcept { return result_of(w); }
+
   /// An acquisition whose real cost is known only afterwards (an LLM call's
   /// tokens): it holds the estimate taken, and `settle(actual)` refunds the
   /// surplus or charges the overrun as a debt (per dimension, for a LimitSet).
