@@ -290,7 +290,7 @@ TEST_CASE("impossible and invalid costs are refused without a round trip, naming
   CHECK(set.message(r) == "never: cost exceeds capacity (cost 1001 in tokens)");
   CHECK(set.try_acquire({-1, 1}).reason_code() == Reason::cost_is_negative);
   CHECK(set.try_acquire({1, std::nan("")}).reason_code() == Reason::cost_is_nan);
-  CHECK(set.try_acquire({1}).reason_code() == Reason::wrong_dimension_count);
+  CHECK(set.try_acquire(Costs{1}).reason_code() == Reason::wrong_dimension_count);
   CHECK(rig.conn.stats().commands == before);
   CHECK_THROWS_WITH(set.refund({1}), "RedisLimitSet::refund: 1 costs for 2 dimensions");
   CHECK_THROWS_AS(set.charge({1, -2}), std::invalid_argument);

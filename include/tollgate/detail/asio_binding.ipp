@@ -126,6 +126,7 @@ struct AcquireOp final : Bucket::waiter_type {
   // Installed in the handler's cancellation slot: any cancellation type takes
   // the waiter out of the queue (a grant that won the race stands).
   struct Canceller {
+    explicit Canceller(AcquireOp* o) noexcept : op(o) {}
     AcquireOp* op;
     void operator()(TOLLGATE_NET::cancellation_type type) const noexcept {
       if ((type & (TOLLGATE_NET::cancellation_type::terminal | TOLLGATE_NET::cancellation_type::partial |
