@@ -1,0 +1,217 @@
+// End to end: the mock upstream (HTTPS, a certificate made at start, limits of
+// its own) and llm_gateway in front of it, both on 127.0.0.1 with ephemeral
+// ports, started and stopped here. Three quiet keys send within their tier;
+// one noisy key sends as fast as 48 connections can. Then the driver stops
+// sending and sends SIGTERM while noisy requests are still queued in the
+// gateway. Checked: the upstream refused nothing; every request got an
+// answer; every key stayed within capacity + rate * T; the noisy key's excess
+// got 429 with Retry-After and RateLimit fields; quiet keys got no 429; the
+// gateway exited 0 after answering what was in flight.
+//
+//   usage: e2e_gateway MOCK_BINARY GATEWAY_BINARY WORK_DIR
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <boost/asio.hpp>
+#include <boost/beast.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = net::ip::tcp;
+using Clock = std::chrono::steady_clock;
+
+int failures = 0;
+void check(bool ok, const std::string& what) {
+  std::printf("%s %s\n", ok ? "ok  " : "FAIL", what.c_str());
+  std::fflush(stdout);
+  if (!ok) ++failures;
+}
+
+struct Child {
+  pid_t pid = -1;
+  int out = -1;  // its stdout
+  std::string first_line;
+  std::string rest;
+  std::thread drain;
+};
+
+void spawn(Child& c, const std::vector<std::string>& args) {
+  int fds[2];
+  if (pipe(fds) != 0) throw std::runtime_error("pipe");
+  c.pid = fork();
+  if (c.pid == 0) {
+    dup2(fds[1], 1);
+    close(fds[0]);
+    close(fds[1]);
+    std::vector<char*> argv;
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(fds[1]);
+  c.out = fds[0];
+  char ch;
+  while (read(c.out, &ch, 1) == 1 && ch != '\n') c.first_line += ch;  // blocks until the child is ready
+  c.drain = std::thread([&c] {
+    char buf[4096];
+    for (ssize_t n; (n = read(c.out, buf, sizeof buf)) > 0;) c.rest.append(buf, std::size_t(n));
+  });
+}
+
+int finish(Child& c) {
+  int status = 0;
+  waitpid(c.pid, &status, 0);
+  c.drain.join();
+  close(c.out);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+unsigned short port_of(const std::string& line) {  // "...127.0.0.1:PORT..."
+  const auto at = line.find("127.0.0.1:");
+  return static_cast<unsigned short>(std::stoi(line.substr(at + 10)));
+}
+
+struct Record {
+  int status = 0;  // 0: no answer (transport error)
+  std::string retry_after, ratelimit, policy;
+};
+
+struct Load {
+  unsigned short port;
+  bool stop = false;
+  std::map<std::string, std::vector<Record>> by_key;
+  Clock::time_point first{}, last{};
+};
+
+net::awaitable<void> sender(Load& load, std::string key, std::chrono::milliseconds interval) {
+  auto ex = co_await net::this_coro::executor;
+  beast::tcp_stream stream(ex);
+  auto [cec] = co_await stream.async_connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), load.port),
+                                             net::as_tuple(net::use_awaitable));
+  if (cec) {
+    load.by_key[key].push_back({});
+    co_return;
+  }
+  beast::flat_buffer buffer;
+  net::steady_timer pace(ex);
+  while (!load.stop) {
+    if (interval.count() > 0) {
+      pace.expires_after(interval);
+      co_await pace.async_wait(net::as_tuple(net::use_awaitable));
+      if (load.stop) break;
+    }
+    http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+    req.set(http::field::host, "127.0.0.1");
+    req.set(http::field::authorization, "Bearer " + key);
+    req.set(http::field::content_type, "application/json");
+    req.body() = R"({"model":"mock-1","messages":[{"role":"user","content":"Say something kind about token buckets."}],"max_tokens":50})";
+    req.prepare_payload();
+    if (load.first == Clock::time_point{}) load.first = Clock::now();
+    Record r;
+    auto [wec, wn] = co_await http::async_write(stream, req, net::as_tuple(net::use_awaitable));
+    http::response<http::string_body> res;
+    if (!wec) {
+      auto [rec, rn] = co_await http::async_read(stream, buffer, res, net::as_tuple(net::use_awaitable));
+      if (!rec) {
+        r.status = static_cast<int>(res.result_int());
+        r.retry_after = std::string(res[http::field::retry_after]);
+        r.ratelimit = std::string(res["RateLimit"]);
+        r.policy = std::string(res["RateLimit-Policy"]);
+      }
+    }
+    load.last = Clock::now();
+    load.by_key[key].push_back(r);
+    if (r.status == 0 || !res.keep_alive()) break;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 4) return std::fprintf(stderr, "usage: e2e_gateway MOCK GATEWAY WORKDIR\n"), 2;
+  const std::string mock_bin = argv[1], gateway_bin = argv[2], work = argv[3];
+  (void)std::system(("mkdir -p '" + work + "'").c_str());
+  signal(SIGPIPE, SIG_IGN);
+
+  // The provider: 20 requests/s and 2,000 tokens/s, a 2-second burst.
+  Child mock;
+  spawn(mock, {mock_bin, "--listen", "127.0.0.1:0", "--tls-dir", work, "--rpm", "1200", "--tpm", "120000",
+               "--burst-seconds", "2", "--latency-ms", "5"});
+  std::printf("%s\n", mock.first_line.c_str());
+  const unsigned short mock_port = port_of(mock.first_line);
+
+  // The gateway: the shared limit at 90% of the provider's; the free tier at
+  // 4 requests/s (burst of 1 s) and 400 tokens/s.
+  Child gateway;
+  spawn(gateway, {gateway_bin, "--listen", "127.0.0.1:0", "--upstream", "https://127.0.0.1:" + std::to_string(mock_port),
+                  "--upstream-ca", work + "/cert.pem", "--rpm", "1080", "--tpm", "108000", "--burst-seconds", "2",
+                  "--tier", "free:240:24000:1", "--key", "quiet-1:free", "--key", "quiet-2:free", "--key", "quiet-3:free",
+                  "--key", "noisy:free", "--max-wait-ms", "100"});
+  std::printf("%s\n", gateway.first_line.c_str());
+
+  Load load;
+  load.port = port_of(gateway.first_line);
+  net::io_context io(1);
+  for (const char* k : {"quiet-1", "quiet-2", "quiet-3"}) net::co_spawn(io, sender(load, k, std::chrono::milliseconds(500)), net::detached);
+  for (int i = 0; i < 48; ++i) net::co_spawn(io, sender(load, "noisy", std::chrono::milliseconds(0)), net::detached);
+  net::steady_timer run_for(io, std::chrono::seconds(4));
+  run_for.async_wait([&](const auto&) {
+    load.stop = true;        // no new requests ...
+    kill(gateway.pid, SIGTERM);  // ... and the gateway stops with noisy ones still queued in it
+  });
+  io.run();
+  const int gateway_exit = finish(gateway);
+  kill(mock.pid, SIGTERM);
+  finish(mock);
+  std::printf("%s", mock.rest.c_str());
+
+  const double seconds = std::chrono::duration<double>(load.last - load.first).count();
+  long total = 0, answered = 0, ok_total = 0;
+  for (auto& [key, records] : load.by_key) {
+    long ok = 0, limited = 0, good_headers = 0;
+    for (const Record& r : records) {
+      ++total;
+      answered += r.status != 0;
+      ok += r.status == 200;
+      if (r.status == 429) {
+        ++limited;
+        const long ra = r.retry_after.empty() ? 0 : std::stol(r.retry_after);
+        good_headers += ra >= 1 && r.policy == R"("requests";q=4;w=1, "tokens";q=400;w=1)" &&
+                        r.ratelimit.find("\"requests\";r=") == 0;
+      }
+    }
+    ok_total += ok;
+    const double bound = 4 + 4 * seconds;  // requests: capacity 4, 4 per second
+    std::printf("%s: %zu requests, %ld answered 200, %ld answered 429 (bound on 200s over %.2f s: %.1f)\n", key.c_str(),
+                records.size(), ok, limited, seconds, bound);
+    check(double(ok) <= bound, key + ": within capacity + rate * T");
+    if (key == "noisy") {
+      check(records.size() >= 1000, "noisy: thousands of requests (" + std::to_string(records.size()) + ")");
+      check(limited > 0 && good_headers == limited, "noisy: its excess got 429 with Retry-After >= 1 and the RateLimit fields");
+      check(double(ok) >= 0.8 * bound, "noisy: it got its whole tier, no less");
+    } else {
+      check(limited == 0 && ok == long(records.size()) && ok >= 6, key + ": every request answered 200, none slowed into a 429");
+    }
+  }
+  check(answered == total, "every request got an answer (" + std::to_string(answered) + " of " + std::to_string(total) + ")");
+  check(mock.rest.find("refused=0 ") != std::string::npos, "the upstream refused nothing");
+  check(mock.rest.find("served=" + std::to_string(ok_total) + " ") != std::string::npos,
+        "the upstream served exactly the requests answered 200");
+  check(gateway_exit == 0 && gateway.rest.find("stopped cleanly") != std::string::npos, "the gateway exited 0, cleanly");
+  return failures == 0 ? 0 : 1;
+}
