@@ -157,11 +157,21 @@ int main(int argc, char** argv) {
 
   // The gateway: the shared limit at 90% of the provider's; the free tier at
   // 4 requests/s (burst of 1 s) and 400 tokens/s.
+  // Tiers and keys come from a config file (the rest from flags).
+  {
+    std::FILE* conf = std::fopen((work + "/gateway.conf").c_str(), "w");
+    std::fputs("# the free tier: 240 requests and 24,000 tokens a minute, a burst of 1 s\n"
+               "tier free 240 24000 1\n"
+               "key quiet-1 free\nkey quiet-2 free\nkey quiet-3 free\n"
+               "key noisy   free   # the noisy neighbour\n"
+               "max-wait-ms 100\n",
+               conf);
+    std::fclose(conf);
+  }
   Child gateway;
   spawn(gateway, {gateway_bin, "--listen", "127.0.0.1:0", "--upstream", "https://127.0.0.1:" + std::to_string(mock_port),
                   "--upstream-ca", work + "/cert.pem", "--rpm", "1080", "--tpm", "108000", "--burst-seconds", "2",
-                  "--tier", "free:240:24000:1", "--key", "quiet-1:free", "--key", "quiet-2:free", "--key", "quiet-3:free",
-                  "--key", "noisy:free", "--max-wait-ms", "100"});
+                  "--config", work + "/gateway.conf"});
   std::printf("%s\n", gateway.first_line.c_str());
 
   Load load;
