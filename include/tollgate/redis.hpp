@@ -59,7 +59,8 @@ struct RedisLimitOptions {
   Costs lease{};
   std::chrono::milliseconds lease_lifetime{1000};
   /// Tests and replays only: the instant (ns since the Unix epoch) every call
-  /// sends instead of letting the script read the server's TIME.
+  /// sends instead of letting the script read the server's TIME. Keys then
+  /// expire no sooner than 10 minutes (expiry runs on the server's clock).
   std::function<std::chrono::nanoseconds()> time_override{};
 };
 

@@ -300,17 +300,20 @@ TEST_CASE("impossible and invalid costs are refused without a round trip, naming
                     "RedisLimitSet: the key is empty");
 }
 
-TEST_CASE("a key expires when its set would be full again; a set refilled to full is deleted") {
+TEST_CASE("a key expires when its set would be full again, a set refilled to full is deleted") {
   Rig rig("expiry");
-  auto set = rig.make({{"requests", Limit{10, 10}}, {"tokens", Limit{100, 50}}});
+  // The server's own TIME here: expiry runs on the server's clock.
+  auto set = rig.make({{"requests", Limit{10, 10}}, {"tokens", Limit{100, 50}}}, redis::RedisLimitOptions{});
   REQUIRE(set.try_acquire({10, 20}));
   const redis::Reply ttl = rig.conn.command({"PTTL", rig.key});
   REQUIRE(ttl.values.size() == 1);
   CHECK(ttl.values[0] > 0);
   CHECK(ttl.values[0] <= 1000);  // requests: 1 s to refill; tokens: 0.4 s
+  // Refunding what was taken fills the set again (never above capacity: what
+  // refilled meanwhile is not credited twice), and a full set is deleted.
   const Costs back = set.refund({10, 20});
-  CHECK(back[0] == 10);
-  CHECK(back[1] == 20);
+  CHECK(back[0] <= 10);
+  CHECK(back[1] <= 20);
   CHECK(rig.conn.command({"EXISTS", rig.key}).values == std::vector<long long>{0});
 }
 

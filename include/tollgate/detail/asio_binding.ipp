@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <stop_token>
 #include <type_traits>
 #include <utility>
 
@@ -159,6 +160,68 @@ struct InitiateAcquire {
 
 }  // namespace detail
 
+namespace detail {
+
+// A set that waits through a callback (redis::RedisLimitSet): its
+// `async_acquire(cost, callback, max_wait, stop_token)` runs the callback once
+// with a decision that has `.result`; cancellation requests a stop.
+template <class Set, class Cost>
+concept CallbackAcquirer = requires(Set& s, const Cost& c, std::chrono::nanoseconds w, std::stop_token st) {
+  s.async_acquire(c, [](auto) {}, w, st);
+};
+
+template <class Handler>
+struct CallbackOp {
+  using handler_executor = TOLLGATE_NET::associated_executor_t<Handler, TOLLGATE_NET::system_executor>;
+  using work_executor = std::decay_t<decltype(TOLLGATE_NET::prefer(
+      std::declval<handler_executor>(), TOLLGATE_NET::execution::outstanding_work.tracked))>;
+
+  explicit CallbackOp(Handler&& h)
+      : handler(std::move(h)),
+        work(TOLLGATE_NET::prefer(TOLLGATE_NET::get_associated_executor(handler, TOLLGATE_NET::system_executor()),
+                                  TOLLGATE_NET::execution::outstanding_work.tracked)) {}
+
+  struct Canceller {
+    explicit Canceller(std::stop_source* s) noexcept : stop(s) {}
+    std::stop_source* stop;
+    void operator()(TOLLGATE_NET::cancellation_type type) const noexcept {
+      if ((type & (TOLLGATE_NET::cancellation_type::terminal | TOLLGATE_NET::cancellation_type::partial |
+                   TOLLGATE_NET::cancellation_type::total)) != TOLLGATE_NET::cancellation_type::none)
+        stop->request_stop();
+    }
+  };
+
+  Handler handler;
+  work_executor work;
+  std::stop_source stop;
+};
+
+template <class Set>
+struct InitiateCallbackAcquire {
+  Set* set;
+  template <class Handler, class Cost>
+  void operator()(Handler&& handler, const Cost& cost, std::chrono::nanoseconds max_wait) const {
+    using Op = CallbackOp<std::decay_t<Handler>>;
+    auto op = std::make_shared<Op>(std::forward<Handler>(handler));
+    auto slot = TOLLGATE_NET::get_associated_cancellation_slot(op->handler);
+    if (slot.is_connected()) slot.template emplace<typename Op::Canceller>(&op->stop);
+    set->async_acquire(
+        cost,
+        [op](auto decision) {
+          const AcquireResult r = decision.result;
+          TOLLGATE_NET::post(op->work, [op, r] {
+            auto s = TOLLGATE_NET::get_associated_cancellation_slot(op->handler);
+            if (s.is_connected()) s.clear();
+            auto h(std::move(op->handler));
+            std::move(h)(r);
+          });
+        },
+        max_wait, op->stop.get_token());
+  }
+};
+
+}  // namespace detail
+
 /// Waits, on the caller's executor and without blocking a thread, until
 /// `bucket` (a TokenBucket or a LimitSet) has `cost`, then completes with
 /// the AcquireResult (signature `void(tollgate::AcquireResult)`), with any
@@ -181,6 +244,22 @@ auto async_acquire(Bucket& bucket, const typename Bucket::cost_type& cost,
                    std::chrono::nanoseconds max_wait, CompletionToken&& token) {
   return TOLLGATE_NET::async_initiate<CompletionToken, void(AcquireResult)>(
       detail::InitiateAcquire<Bucket>{&bucket}, token, cost, max_wait);
+}
+
+/// `async_acquire` for a set that waits through a callback, such as
+/// `redis::RedisLimitSet`: the same completion (`void(AcquireResult)`, on the
+/// handler's executor) and the same cancellation paths, which become the
+/// set's stop request (a Redis reservation is then cancelled; see redis.hpp).
+template <class Set, class Cost, class CompletionToken>
+  requires detail::CallbackAcquirer<Set, Cost>
+auto async_acquire(Set& set, const Cost& cost, std::chrono::nanoseconds max_wait, CompletionToken&& token) {
+  return TOLLGATE_NET::async_initiate<CompletionToken, void(AcquireResult)>(
+      detail::InitiateCallbackAcquire<Set>{&set}, token, cost, max_wait);
+}
+template <class Set, class Cost, class CompletionToken>
+  requires detail::CallbackAcquirer<Set, Cost>
+auto async_acquire(Set& set, const Cost& cost, CompletionToken&& token) {
+  return async_acquire(set, cost, std::chrono::nanoseconds::max(), std::forward<CompletionToken>(token));
 }
 
 /// `async_acquire` without a bound on the wait.

@@ -14,7 +14,9 @@
 // The client turns costs into refill times (ns, rounded up) and sends the
 // refill time of a full dimension (tau), so the script is integer arithmetic
 // only. A missing hash is a full set; the hash expires when the set would be
-// full again, so idle keys cost nothing.
+// full again, so idle keys cost nothing. (With an explicit "now", for tests
+// and replays, expiry still runs on the server's clock: such keys live at
+// least 10 minutes, so they cannot vanish between two calls of a test.)
 //
 // KEYS[1] the hash. ARGV[1] the operation; ARGV[2], ARGV[3] "now" as seconds
 // and nanoseconds, or "" to use the server's TIME; ARGV[4] n; ARGV[5..4+n]
@@ -82,7 +84,9 @@ local function save()
     kv[#kv + 1] = t[d]
   end
   redis.call('HSET', key, unpack(kv))
-  redis.call('PEXPIRE', key, math.ceil(ttl / 1000000))
+  local ms = math.ceil(ttl / 1000000)
+  if ARGV[2] ~= '' and ms < 600000 then ms = 600000 end
+  redis.call('PEXPIRE', key, ms)
 end
 local function grant_instant(iv)
   local g, dim = now, -1
