@@ -175,7 +175,7 @@ class RedisLimitSet {
     auto args = header("take");
     append(args, q.iv);
     const Reply r = connection_.script(key_, std::move(args));
-    if (!r) return on_failure(r, costs);
+    if (!r || r.values.size() < 5) return on_failure(r, costs);
     return decode(r);
   }
 
@@ -647,7 +647,7 @@ class RedisLimitSet {
   Decision on_failure(const Reply& r, const Costs& costs) {
     fallbacks_.fetch_add(1, std::memory_order_relaxed);
     const Reason why = r.status == ReplyStatus::timeout ? Reason::store_timeout
-                       : r.status == ReplyStatus::error ? Reason::store_error
+                       : r.status == ReplyStatus::error || r.status == ReplyStatus::ok ? Reason::store_error  // ok: a malformed answer
                        : r.status == ReplyStatus::closed ? Reason::store_closed
                                                         : Reason::store_unreachable;
     switch (options_.on_failure) {
