@@ -436,3 +436,18 @@ TEST_CASE("a key busy for longer than 2^52 ns keeps exact time (the epoch moves)
   CHECK(got.status() == want.status());
   CHECK(got.retry_after() == want.retry_after());
 }
+
+TEST_CASE("a key holding something else is a store error, not a crash or a grant") {
+  Rig rig("wrong-type");
+  REQUIRE(rig.conn.command({"SET", rig.key, "not a hash"}));
+  auto set = rig.make({{"requests", Limit{3, 1}}});
+  const AcquireResult r = set.try_acquire(1.0);
+  CHECK(r.status() == Status::unavailable);
+  CHECK(r.reason_code() == Reason::store_error);
+  std::optional<redis::Decision> got;
+  set.async_acquire({1}, [&](redis::Decision d) { got = d; }, std::chrono::seconds(1));
+  rig.barrier();
+  rig.sched.run_due();
+  REQUIRE(got);
+  CHECK(got->result.reason_code() == Reason::store_error);
+}
