@@ -142,8 +142,57 @@ net::awaitable<void> sender(Load& load, std::string key, std::chrono::millisecon
 
 }  // namespace
 
+// The upstream's true limit is half what the gateway was told (10 requests/s
+// against 20), over plain HTTP: UpstreamFeedback (429 pauses, remaining-count
+// sync, with `adaptive` the AIMD rate) must hold refusals to the first
+// burst's excess and a few probes. Checked only for the adaptive gateway;
+// `feedback-static` prints the comparison.
+int feedback_phase(const std::string& mock_bin, const std::string& gateway_bin, bool adaptive) {
+  Child mock;
+  spawn(mock, {mock_bin, "--listen", "127.0.0.1:0", "--rpm", "600", "--tpm", "6000000", "--burst-seconds", "1",
+               "--latency-ms", "5"});
+  std::printf("%s\n", mock.first_line.c_str());
+  std::vector<std::string> args = {gateway_bin, "--listen", "127.0.0.1:0", "--upstream",
+                                   "http://127.0.0.1:" + std::to_string(port_of(mock.first_line)), "--rpm", "1200",
+                                   "--tpm", "12000000", "--burst-seconds", "1", "--tier", "big:100000:100000000",
+                                   "--key", "busy:big", "--max-wait-ms", "5000"};
+  if (adaptive) args.push_back("--adaptive");
+  Child gateway;
+  spawn(gateway, args);
+  Load load;
+  load.port = port_of(gateway.first_line);
+  net::io_context io(1);
+  for (int i = 0; i < 16; ++i) net::co_spawn(io, sender(load, "busy", std::chrono::milliseconds(0)), net::detached);
+  net::steady_timer run_for(io, std::chrono::seconds(6));
+  run_for.async_wait([&](const auto&) {
+    load.stop = true;
+    kill(gateway.pid, SIGTERM);
+  });
+  io.run();
+  const int gateway_exit = finish(gateway);
+  kill(mock.pid, SIGTERM);
+  finish(mock);
+  std::printf("%s", mock.rest.c_str());
+  long ok = 0, limited = 0, answered = 0;
+  for (const Record& r : load.by_key["busy"]) ok += r.status == 200, limited += r.status == 429, answered += r.status != 0;
+  const auto& records = load.by_key["busy"];
+  long served = -1, refused = -1;
+  std::sscanf(mock.rest.c_str(), "mock_llm_upstream: served=%ld refused=%ld", &served, &refused);
+  const double capacity = 10 + 10 * 6.0;  // what the upstream can serve in the run
+  std::printf("%s gateway: %zu requests, %ld answered 200, %ld answered 429; upstream served %ld (%.0f%% of the %.0f it could), refused %ld (%.1f%% of its calls)\n",
+              adaptive ? "adaptive" : "static", records.size(), ok, limited, served, 100.0 * double(served) / capacity,
+              capacity, refused, 100.0 * double(refused) / double(std::max(1L, served + refused)));
+  if (!adaptive) return 0;
+  check(answered == long(records.size()), "feedback: every request got an answer");
+  check(served >= 0 && double(refused) <= 0.15 * double(served + refused), "feedback: the upstream refused at most 15% of its calls");
+  check(double(served) >= 0.6 * capacity, "feedback: the gateway still used at least 60% of what the upstream could serve");
+  check(gateway_exit == 0, "feedback: the gateway exited 0");
+  return failures == 0 ? 0 : 1;
+}
+
 int main(int argc, char** argv) {
-  if (argc != 4) return std::fprintf(stderr, "usage: e2e_gateway MOCK GATEWAY WORKDIR\n"), 2;
+  if (argc == 5) return feedback_phase(argv[1], argv[2], std::string(argv[4]) == "feedback");
+  if (argc != 4) return std::fprintf(stderr, "usage: e2e_gateway MOCK GATEWAY WORKDIR [feedback|feedback-static]\n"), 2;
   const std::string mock_bin = argv[1], gateway_bin = argv[2], work = argv[3];
   (void)std::system(("mkdir -p '" + work + "'").c_str());
   signal(SIGPIPE, SIG_IGN);
