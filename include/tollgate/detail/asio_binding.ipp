@@ -149,18 +149,15 @@ struct InitiateAcquire {
   void operator()(Handler&& handler, typename Bucket::cost_type cost, std::chrono::nanoseconds max_wait) const {
     using Op = AcquireOp<Bucket, std::decay_t<Handler>>;
     auto* op = new Op(*bucket, std::forward<Handler>(handler));
+    // Installed before the waiter is queued: once queued, it may complete (and
+    // its completion clear the slot and delete it) on another thread at once.
+    // A signal before queueing finds nothing to remove.
     auto slot = TOLLGATE_NET::get_associated_cancellation_slot(op->handler);
-    const auto [result, queued] = bucket->wait_begin(*op, cost, max_wait);
-    if (!queued) return op->finish(result);
-    // Emitted on the handler's own executor, as the initiation runs: no race
-    // with this installation.
     if (slot.is_connected()) slot.template emplace<typename Op::Canceller>(op);
+    const auto [result, queued] = bucket->wait_begin(*op, cost, max_wait);
+    if (!queued) op->finish(result);
   }
 };
-
-}  // namespace detail
-
-namespace detail {
 
 // A set that waits through a callback (redis::RedisLimitSet): its
 // `async_acquire(cost, callback, max_wait, stop_token)` runs the callback once
