@@ -347,6 +347,7 @@ class RedisLimitSet {
     bool bounded = false;
     std::atomic<OpState> state{OpState::sent};
     TimerNode<Clock> timer;
+    std::mutex armed_mutex;          // armed_self is set, taken and reset from several threads
     std::shared_ptr<Op> armed_self;  // keeps the op alive while its timer is armed
     Decision result;
     std::int64_t epoch = 0, grant = 0, f_old = 0;
@@ -357,7 +358,13 @@ class RedisLimitSet {
 
     bool cas(OpState from, OpState to) { return state.compare_exchange_strong(from, to, std::memory_order_acq_rel); }
 
-    void arm(time_point due) {
+    // Arms the timer while the state is still `expected` (a stop may have
+    // moved it on since: then nothing is armed). Under armed_mutex, which the
+    // firing also takes; never held while disarming (disarm may wait for a
+    // firing in progress).
+    void arm(time_point due, OpState expected) {
+      std::lock_guard lock(armed_mutex);
+      if (state.load(std::memory_order_acquire) != expected) return;
       armed_self = this->shared_from_this();
       set->scheduler_->arm(timer, due);
     }
@@ -365,7 +372,7 @@ class RedisLimitSet {
     void finish(Decision d) {
       result = d;
       state.store(OpState::finishing, std::memory_order_release);
-      arm(set->clock_.now());
+      arm(set->clock_.now(), OpState::finishing);
     }
     void deliver() {
       std::function<void(Decision)> f;
@@ -378,7 +385,11 @@ class RedisLimitSet {
     }
     static void fire(void* context) noexcept {
       Op* op = static_cast<Op*>(context);
-      std::shared_ptr<Op> self = std::move(op->armed_self);
+      std::shared_ptr<Op> self;
+      {
+        std::lock_guard lock(op->armed_mutex);
+        self = std::move(op->armed_self);
+      }
       switch (op->state.load(std::memory_order_acquire)) {
         case OpState::waiting:
           if (!op->cas(OpState::waiting, OpState::done)) return;  // a stop won
@@ -406,7 +417,10 @@ class RedisLimitSet {
           if (!cas(s, OpState::cancelling)) continue;
           set->scheduler_->disarm(timer);  // the wake-up will not run (or ran and saw cancelling)
           auto self = this->shared_from_this();
-          armed_self.reset();
+          {
+            std::lock_guard lock(armed_mutex);
+            armed_self.reset();
+          }
           if (s == OpState::waiting) set->send_cancel(std::move(self));
           else finish({AcquireResult::failed(Status::cancelled, Reason::stop_requested)});
           return;
@@ -469,7 +483,8 @@ class RedisLimitSet {
       Decision d = on_failure(r, op.q.costs);
       if (d.result.status() == Status::not_now && !stopped && op.bounded &&
           clock_.now() + d.result.retry_after() <= op.deadline && op.cas(OpState::sent, OpState::retry_wait)) {
-        op.arm(clock_.now() + std::chrono::duration_cast<typename time_point::duration>(d.result.retry_after()));
+        op.arm(clock_.now() + std::chrono::duration_cast<typename time_point::duration>(d.result.retry_after()),
+               OpState::retry_wait);
         return;
       }
       if (stopped && !d) d = {AcquireResult::failed(Status::cancelled, Reason::stop_requested)};
@@ -500,7 +515,8 @@ class RedisLimitSet {
       op.state.store(OpState::cancelling, std::memory_order_release);
       return send_cancel(op.shared_from_this());
     }
-    op.arm(clock_.now() + std::chrono::duration_cast<typename time_point::duration>(std::chrono::nanoseconds(wait)));
+    op.arm(clock_.now() + std::chrono::duration_cast<typename time_point::duration>(std::chrono::nanoseconds(wait)),
+           OpState::waiting);
   }
 
   void send_cancel(std::shared_ptr<Op> op) {
