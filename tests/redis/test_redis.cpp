@@ -5,6 +5,10 @@
 // is compared operation by operation with the in-process LimitSet.
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <cstdlib>
 #include <fstream>
 #include <optional>
@@ -450,4 +454,47 @@ TEST_CASE("a key holding something else is a store error, not a crash or a grant
   rig.sched.run_due();
   REQUIRE(got);
   CHECK(got->result.reason_code() == Reason::store_error);
+}
+
+TEST_CASE("concurrent waits and stops from other threads: every operation completes exactly once") {
+  // Real time and the timer thread (the server's TIME): races between replies,
+  // wake-ups and stop requests, meant for TSan and ASan.
+  redis::Connection conn(fixture());
+  const std::string key = "tollgate-test:races";
+  (void)conn.command({"DEL", key});
+  redis::RedisLimitSet<> set(conn, key, {{"requests", Limit{5, 2000}}});
+  constexpr int kOps = 600;
+  std::vector<std::stop_source> stops(kOps);
+  std::vector<std::atomic<int>> calls(kOps);
+  std::mutex m;
+  std::condition_variable cv;
+  int done = 0, acquired = 0, cancelled = 0;
+  auto issue = [&](int from, int to) {
+    for (int i = from; i < to; ++i) {
+      set.async_acquire(
+          {1},
+          [&, i](redis::Decision d) {
+            calls[std::size_t(i)].fetch_add(1);
+            std::lock_guard lock(m);
+            ++done;
+            acquired += d.result.ok();
+            cancelled += d.result.status() == Status::cancelled;
+            cv.notify_one();
+          },
+          std::chrono::seconds(5), stops[std::size_t(i)].get_token());
+      if (i % 3 == 0) stops[std::size_t(i)].request_stop();  // at once, from the issuing thread
+    }
+  };
+  std::thread a(issue, 0, kOps / 2), b(issue, kOps / 2, kOps);
+  std::thread stopper([&] {
+    for (int i = 1; i < kOps; i += 3) stops[std::size_t(i)].request_stop();  // from another thread, whenever
+  });
+  a.join(), b.join(), stopper.join();
+  std::unique_lock lock(m);
+  cv.wait(lock, [&] { return done == kOps; });
+  for (auto& c : calls) REQUIRE(c.load() == 1);
+  CHECK(acquired + cancelled == kOps);
+  // Every third was stopped right after it was sent: cancelled, unless the
+  // bucket could grant it at once (its first 5 tokens).
+  CHECK(cancelled >= kOps / 3 - 5);
 }
