@@ -224,11 +224,7 @@ class RedisLimitSet {
   /// credited per dimension (all zero when Redis failed). Throws
   /// `std::invalid_argument` for a wrong length or a bad value.
   Costs refund(const Costs& costs) {
-    Request q;
-    check_amounts("RedisLimitSet::refund", costs, q);
-    auto args = header("refund");
-    append(args, q.iv);
-    const Reply r = connection_.script(key_, std::move(args));
+    const Reply r = amounts_call("refund", "RedisLimitSet::refund", costs);
     Costs credited = Costs::zeros(dims_.size());
     if (!r || r.values.size() < 5 + dims_.size()) return credited;
     for (std::size_t d = 0; d < dims_.size(); ++d)
@@ -241,11 +237,7 @@ class RedisLimitSet {
   /// Redis failed (or the debt would pass 2^52 ns); with a local fallback the
   /// debt is charged there then.
   bool charge(const Costs& costs) {
-    Request q;
-    check_amounts("RedisLimitSet::charge", costs, q);
-    auto args = header("charge");
-    append(args, q.iv);
-    const Reply r = connection_.script(key_, std::move(args));
+    const Reply r = amounts_call("charge", "RedisLimitSet::charge", costs);
     if (!r || r.values.empty()) {
       if (fallback_) fallback_->charge(costs);
       return false;
@@ -640,6 +632,14 @@ class RedisLimitSet {
     }
     q.costs = costs;
     return std::nullopt;
+  }
+  // One script call `op` with `costs` (checked as amounts, named for `who`).
+  Reply amounts_call(const char* op, const char* who, const Costs& costs) {
+    Request q;
+    check_amounts(who, costs, q);
+    auto args = header(op);
+    append(args, q.iv);
+    return connection_.script(key_, std::move(args));
   }
   void check_amounts(const char* who, const Costs& costs, Request& q) const {
     if (costs.size() != dims_.size()) {
