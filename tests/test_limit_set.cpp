@@ -182,6 +182,23 @@ TEST_CASE("limit set: permits settle per dimension; release gives everything bac
   }
 }
 
+TEST_CASE("limit set: settle without a permit, as a Permit would", "[limitset][permit]") {
+  Fixture f;
+  Fixture g;  // the same operations through a Permit
+  REQUIRE(f.set.try_acquire({1, 800}));
+  Set::Permit p = g.set.try_acquire_permit({1, 800});
+  REQUIRE(p);
+  f.set.settle({1, 800}, {1, 300});
+  p.settle({1, 300});
+  CHECK(f.set.available(1) == 700);
+  CHECK(f.set.available(1) == g.set.available(1));
+  REQUIRE(f.set.try_acquire({1, 700}));
+  f.set.settle({1, 700}, {1, 900});  // a debt of 200 tokens
+  CHECK(f.set.try_acquire({0, 1}).retry_after() == 2s + 10ms);
+  CHECK_THROWS_AS(f.set.settle({1}, {1, 1}), std::invalid_argument);
+  CHECK_THROWS_AS(f.set.settle({1, 1}, {1, -1}), std::invalid_argument);
+}
+
 TEST_CASE("limit set: a per-key set and a shared set compose; a refusal by the second takes nothing from the first",
           "[limitset][permit]") {
   ManualClock clock;

@@ -315,19 +315,16 @@ class Gateway {
     if (answer.is_object() && answer.contains("error") && answer["error"].is_object())
       code = answer["error"].value("code", answer["error"].value("type", ""));
     feedback_.on_response(static_cast<int>(res.result_int()), header, std::chrono::system_clock::now(), code);
+    // The request was sent (it counts); its tokens become the real usage
+    // (none when the upstream did not answer 200).
     double actual_tokens = 0;
     if (res.result() == http::status::ok && answer.is_object() && answer.contains("usage"))
       actual_tokens = answer["usage"].value("total_tokens", estimate_tokens);
-    settle(mine, estimate, actual_tokens);
-    settle(upstream_, estimate, actual_tokens);
+    const Costs actual{1, actual_tokens};
+    mine.settle(estimate, actual);
+    upstream_.settle(estimate, actual);
     log(key, req, res, estimate_tokens, actual_tokens, started, admitted);
     co_return res;
-  }
-
-  // The request was sent (it counts); its tokens are corrected to `actual`.
-  static void settle(Set& set, const Costs& estimate, double actual) {
-    if (actual < estimate[1]) set.refund({0, estimate[1] - actual});
-    else if (actual > estimate[1]) set.charge({0, actual - estimate[1]});
   }
 
   template <class Stream>

@@ -155,6 +155,15 @@ class LimitSet : public detail::WaitingBucket<detail::MultiCore, Clock, Mutex> {
     });
   }
 
+  /// Per dimension, refunds `estimate - actual` or charges `actual - estimate`
+  /// (under one lock): what `Permit::settle` does, for an acquisition made
+  /// without a Permit (e.g. through tollgate/asio.hpp). Throws as `charge`.
+  void settle(const Costs& estimate, const Costs& actual) {
+    Core::check_amount("LimitSet::settle", "estimate", estimate, &zeros());
+    Core::check_amount("LimitSet::settle", "actual", actual, &zeros());
+    Base::settle(estimate, actual);
+  }
+
   /// Corrects dimension `i` downwards to what the upstream says is left
   /// (`x-ratelimit-remaining-tokens`, ...): its unreserved tokens become at
   /// most `remaining`, never more than they were; queued waiters are delayed
