@@ -1,12 +1,14 @@
 #pragma once
-// Helpers for the real-time Redis programs: the fixture's port, the server
-// script, and a check that reports and counts failures.
+// Helpers for the Redis tests: the fixture's port and connection options,
+// and, for the real-time programs, a check that reports and counts failures.
 
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <stdexcept>
 #include <string>
+
+#include <tollgate/redis_connection.hpp>
 
 namespace tgredis {
 
@@ -21,6 +23,14 @@ inline int read_port(const std::string& file) {
   int port = 0;
   if (!(in >> port)) throw std::runtime_error("no port in " + file);
   return port;
+}
+
+/// Options for the server the CTest fixture "redis: start server" started.
+inline tollgate::redis::ConnectionOptions fixture() {
+  tollgate::redis::ConnectionOptions o;
+  o.port = read_port(env("TOLLGATE_REDIS_PORT_FILE"));
+  o.command_timeout = std::chrono::seconds(5);  // a loaded CI machine: never a spurious timeout
+  return o;
 }
 
 inline int failures = 0;

@@ -10,7 +10,6 @@
 #include <mutex>
 #include <thread>
 #include <cstdlib>
-#include <fstream>
 #include <optional>
 #include <random>
 #include <stdexcept>
@@ -24,6 +23,7 @@
 #include <tollgate/testing/manual_scheduler.hpp>
 
 #include "catch.hpp"
+#include "redis_support.hpp"
 #include "test_support.hpp"
 
 using namespace tgtest;
@@ -39,21 +39,7 @@ namespace redis = tollgate::redis;
 
 namespace {
 
-int fixture_port() {
-  const char* file = std::getenv("TOLLGATE_REDIS_PORT_FILE");
-  if (!file) throw std::runtime_error("TOLLGATE_REDIS_PORT_FILE is not set: run these tests through ctest");
-  std::ifstream in(file);
-  int port = 0;
-  if (!(in >> port)) throw std::runtime_error(std::string("no port in ") + file + ": did \"redis: start server\" run?");
-  return port;
-}
-
-redis::ConnectionOptions fixture(int port = fixture_port()) {
-  redis::ConnectionOptions o;
-  o.port = port;
-  o.command_timeout = std::chrono::seconds(5);  // a loaded CI machine: never a spurious timeout
-  return o;
-}
+using tgredis::fixture;
 
 // A manual clock at a realistic Unix time, its scheduler, and the override
 // that makes the script use it.

@@ -29,12 +29,7 @@ namespace {
 struct Rig {
   ManualClock clock{ManualClock::time_point(std::chrono::seconds(1'795'000'000))};
   tollgate::testing::ManualScheduler sched{clock};
-  redis::Connection conn{[] {
-    redis::ConnectionOptions o;
-    o.port = tgredis::read_port(tgredis::env("TOLLGATE_REDIS_PORT_FILE"));
-    o.command_timeout = std::chrono::seconds(5);
-    return o;
-  }()};
+  redis::Connection conn{tgredis::fixture()};
   net::io_context io;
   std::string key;
   explicit Rig(std::string k) : key("tollgate-test:" + std::move(k)) { (void)conn.command({"DEL", key}); }
