@@ -88,20 +88,43 @@ class TimerScheduler final : public tollgate::Scheduler<Clock> {
 
 namespace detail {
 
-// One waiting async_acquire: the bucket's queue node, the handler, and the
-// outstanding work on the handler's executor. Deleted on that executor, just
-// before the handler runs.
-template <class Bucket, class Handler>
-struct AcquireOp final : Bucket::waiter_type {
+// Terminal, partial and total cancellation all take a waiter out.
+inline bool takes_out(TOLLGATE_NET::cancellation_type type) noexcept {
+  return (type & (TOLLGATE_NET::cancellation_type::terminal | TOLLGATE_NET::cancellation_type::partial |
+                  TOLLGATE_NET::cancellation_type::total)) != TOLLGATE_NET::cancellation_type::none;
+}
+
+// A completion handler and the outstanding work it keeps on its associated
+// executor (the system executor if it has none) while the operation runs.
+template <class Handler>
+struct HandlerWork {
   using handler_executor = TOLLGATE_NET::associated_executor_t<Handler, TOLLGATE_NET::system_executor>;
   using work_executor = std::decay_t<decltype(TOLLGATE_NET::prefer(
       std::declval<handler_executor>(), TOLLGATE_NET::execution::outstanding_work.tracked))>;
 
-  AcquireOp(Bucket& b, Handler&& h)
-      : bucket(b),
-        handler(std::move(h)),
+  explicit HandlerWork(Handler&& h)
+      : handler(std::move(h)),
         work(TOLLGATE_NET::prefer(TOLLGATE_NET::get_associated_executor(handler, TOLLGATE_NET::system_executor()),
-                                  TOLLGATE_NET::execution::outstanding_work.tracked)) {
+                                  TOLLGATE_NET::execution::outstanding_work.tracked)) {}
+
+  // On the handler's executor, when the operation completes: disconnects the
+  // cancellation handler and hands the completion handler over.
+  Handler take() {
+    auto slot = TOLLGATE_NET::get_associated_cancellation_slot(handler);
+    if (slot.is_connected()) slot.clear();
+    return Handler(std::move(handler));
+  }
+
+  Handler handler;
+  work_executor work;
+};
+
+// One waiting async_acquire: the bucket's queue node, the handler, and the
+// outstanding work on the handler's executor. Deleted on that executor, just
+// before the handler runs.
+template <class Bucket, class Handler>
+struct AcquireOp final : Bucket::waiter_type, HandlerWork<Handler> {
+  AcquireOp(Bucket& b, Handler&& h) : HandlerWork<Handler>(std::move(h)), bucket(b) {
     this->on_complete = &AcquireOp::completed;
   }
 
@@ -114,10 +137,8 @@ struct AcquireOp final : Bucket::waiter_type {
   // Runs the handler with `r` on its executor (never inline in the initiating call).
   void finish(AcquireResult r) noexcept {
     result = r;
-    TOLLGATE_NET::post(work, [this] {
-      auto slot = TOLLGATE_NET::get_associated_cancellation_slot(handler);
-      if (slot.is_connected()) slot.clear();
-      Handler h(std::move(handler));
+    TOLLGATE_NET::post(this->work, [this] {
+      Handler h = this->take();
       const AcquireResult res = result;
       delete this;  // releases the work before the handler may finish the loop
       std::move(h)(res);
@@ -130,15 +151,11 @@ struct AcquireOp final : Bucket::waiter_type {
     explicit Canceller(AcquireOp* o) noexcept : op(o) {}
     AcquireOp* op;
     void operator()(TOLLGATE_NET::cancellation_type type) const noexcept {
-      if ((type & (TOLLGATE_NET::cancellation_type::terminal | TOLLGATE_NET::cancellation_type::partial |
-                   TOLLGATE_NET::cancellation_type::total)) != TOLLGATE_NET::cancellation_type::none)
-        op->bucket.wait_cancel(*op);
+      if (takes_out(type)) op->bucket.wait_cancel(*op);
     }
   };
 
   Bucket& bucket;
-  Handler handler;
-  work_executor work;
   AcquireResult result{};
 };
 
@@ -168,28 +185,17 @@ concept CallbackAcquirer = requires(Set& s, const Cost& c, std::chrono::nanoseco
 };
 
 template <class Handler>
-struct CallbackOp {
-  using handler_executor = TOLLGATE_NET::associated_executor_t<Handler, TOLLGATE_NET::system_executor>;
-  using work_executor = std::decay_t<decltype(TOLLGATE_NET::prefer(
-      std::declval<handler_executor>(), TOLLGATE_NET::execution::outstanding_work.tracked))>;
-
-  explicit CallbackOp(Handler&& h)
-      : handler(std::move(h)),
-        work(TOLLGATE_NET::prefer(TOLLGATE_NET::get_associated_executor(handler, TOLLGATE_NET::system_executor()),
-                                  TOLLGATE_NET::execution::outstanding_work.tracked)) {}
+struct CallbackOp : HandlerWork<Handler> {
+  using HandlerWork<Handler>::HandlerWork;
 
   struct Canceller {
     explicit Canceller(std::stop_source* s) noexcept : stop(s) {}
     std::stop_source* stop;
     void operator()(TOLLGATE_NET::cancellation_type type) const noexcept {
-      if ((type & (TOLLGATE_NET::cancellation_type::terminal | TOLLGATE_NET::cancellation_type::partial |
-                   TOLLGATE_NET::cancellation_type::total)) != TOLLGATE_NET::cancellation_type::none)
-        stop->request_stop();
+      if (takes_out(type)) stop->request_stop();
     }
   };
 
-  Handler handler;
-  work_executor work;
   std::stop_source stop;
 };
 
@@ -207,9 +213,7 @@ struct InitiateCallbackAcquire {
         [op](auto decision) {
           const AcquireResult r = decision.result;
           TOLLGATE_NET::post(op->work, [op, r] {
-            auto s = TOLLGATE_NET::get_associated_cancellation_slot(op->handler);
-            if (s.is_connected()) s.clear();
-            auto h(std::move(op->handler));
+            auto h = op->take();
             std::move(h)(r);
           });
         },
