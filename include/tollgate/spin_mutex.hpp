@@ -22,12 +22,9 @@ namespace tollgate {
 class SpinMutex {
  public:
   void lock() noexcept {
-    while (locked_.exchange(true, std::memory_order_acquire)) {
-      for (int spins = 0; locked_.load(std::memory_order_relaxed); ++spins) {
-        if (spins < 64) relax();
-        else std::this_thread::yield();
-      }
-    }
+    if (!locked_.exchange(true, std::memory_order_acquire)) [[likely]]
+      return;
+    lock_contended();
   }
   bool try_lock() noexcept {
     return !locked_.load(std::memory_order_relaxed) && !locked_.exchange(true, std::memory_order_acquire);
@@ -35,6 +32,16 @@ class SpinMutex {
   void unlock() noexcept { locked_.store(false, std::memory_order_release); }
 
  private:
+  // Out of line: the uncontended lock is one exchange and costs its caller
+  // no registers.
+  [[gnu::noinline]] void lock_contended() noexcept {
+    do {
+      for (int spins = 0; locked_.load(std::memory_order_relaxed); ++spins) {
+        if (spins < 64) relax();
+        else std::this_thread::yield();
+      }
+    } while (locked_.exchange(true, std::memory_order_acquire));
+  }
   static void relax() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();

@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 
@@ -135,30 +136,30 @@ class alignas(64) BucketCore {
 
   /// Takes `cost` at `now` if it is there and nobody is queued. Never waits.
   AcquireResult try_acquire(fine_t now, double cost) noexcept {
-    AcquireResult check = check_cost(cost, limit_.capacity);
-    if (!check) [[unlikely]]
-      return check;
-    if (!pending_.empty()) [[unlikely]]
-      now = observe(now);
-    else if (now < last_now_) [[unlikely]]
-      now = last_now_;
-    else
-      last_now_ = now;
-    const fine_t iv = interval(cost);
-    if (now < paused_until_) [[unlikely]] {
-      const fine_t end = std::max(tat_, now - tau_) + iv;
-      return AcquireResult::not_now(to_ns_ceil(std::max(end, paused_until_) - now));
-    }
-    fine_t base = tat_;
-    if (base < now - tau_) base = now - tau_;
-    const fine_t end = base + iv;
-    if (end <= now && pending_.empty()) {
-      tat_ = end;
+    if (take_fast(now, cost)) [[likely]]
       return AcquireResult::acquired();
-    }
-    // With waiters queued, `tat_ > now` already includes them: the newcomer
-    // would be served after all of them.
-    return AcquireResult::not_now(to_ns_ceil(end - now));
+    return try_acquire_slow(now, cost);
+  }
+
+  /// The common case of try_acquire, kept inline and small: the cost of the
+  /// previous call, nobody queued, no pause, time not running backwards, and
+  /// the tokens there. Returns false, changing nothing, in every other case
+  /// (refusals included); the out-of-line paths decide those.
+  bool take_fast(fine_t now, double cost) noexcept {
+    // `last_cost_` only ever holds a valid cost (<= capacity): a match checks it.
+    if (cost != last_cost_ || !pending_.empty() || now < last_now_ || now < paused_until_) [[unlikely]]
+      return false;
+    // end = max(tat_, now - tau_) + iv, arranged so that only two integer
+    // steps wait for `now` (the clock read is the long pole): `tat_ + iv` is
+    // the end unless the bucket is full, and a full bucket always has room
+    // for a valid cost (iv <= tau_), ending at now - (tau_ - iv).
+    const fine_t iv = last_interval_;
+    const fine_t end = tat_ + iv;
+    if (end > now) return false;
+    const fine_t from_full = now - (tau_ - iv);
+    tat_ = end < from_full ? from_full : end;
+    last_now_ = now;
+    return true;
   }
 
   /// Like try_acquire, but when the tokens are not there and the wait would be
@@ -376,11 +377,34 @@ class alignas(64) BucketCore {
   double fine_per_unit() const noexcept { return fine_per_unit_; }
 
  private:
+  [[gnu::noinline]] AcquireResult try_acquire_slow(fine_t now, double cost) noexcept {
+    AcquireResult check = check_cost(cost, limit_.capacity);
+    if (!check) return check;
+    if (!pending_.empty()) now = observe(now);
+    else if (now < last_now_) now = last_now_;
+    else last_now_ = now;
+    const fine_t iv = interval(cost);
+    if (now < paused_until_) {
+      const fine_t end = std::max(tat_, now - tau_) + iv;
+      return AcquireResult::not_now(to_ns_ceil(std::max(end, paused_until_) - now));
+    }
+    fine_t base = tat_;
+    if (base < now - tau_) base = now - tau_;
+    const fine_t end = base + iv;
+    if (end <= now && pending_.empty()) {
+      tat_ = end;
+      return AcquireResult::acquired();
+    }
+    // With waiters queued, `tat_ > now` already includes them: the newcomer
+    // would be served after all of them.
+    return AcquireResult::not_now(to_ns_ceil(end - now));
+  }
+
   void apply(const Limit& limit) noexcept {
     limit_ = limit;
     fine_per_unit_ = 1e9 * fine_per_ns_d / limit.rate;
     tau_ = fine_interval(limit.capacity, limit.rate);
-    last_cost_ = -1;  // invalidate the interval cache
+    last_cost_ = std::numeric_limits<double>::quiet_NaN();  // invalidates the cache: NaN equals no cost
   }
 
   /// Moves `tat_` back by `iv`, keeping the unreserved level <= capacity.
@@ -402,7 +426,7 @@ class alignas(64) BucketCore {
   fine_t tau_ = 0;                   // refill time of a full bucket
   // Second line: the interval cache, the limit, the queue head.
   fine_t last_interval_ = 0;  // one-entry cache for interval()
-  double last_cost_ = -1;
+  double last_cost_ = std::numeric_limits<double>::quiet_NaN();  // never a valid cost: equal to none
   Limit limit_;
   WaiterList pending_;  // queued, not yet due, FIFO
   // Cold.

@@ -135,6 +135,9 @@ class MultiCore {
     return AcquireResult::not_now(to_ns_ceil(g - now));
   }
 
+  /// Takes `c` if try_acquire would; false otherwise (then admit decides).
+  bool take_fast(fine_t now, const Costs& c) noexcept { return try_acquire(now, c).ok(); }
+
   /// Like try_acquire, but queues `w` (FIFO) when the wait is at most `max_wait`.
   Admission admit(fine_t now, MultiWaiter& w, fine_t max_wait) noexcept {
     const AcquireResult chk = check(w.costs);

@@ -6,7 +6,8 @@
 // keeps one timer armed for the queue head, and completes waiters outside the lock.
 //
 // A Core provides: `cost_type`, `waiter_type` (derived from Waiter) with
-// `static void set_cost(waiter_type&, const cost_type&)`, and `try_acquire`,
+// `static void set_cost(waiter_type&, const cost_type&)`, and `take_fast`
+// (takes the cost if it can cheaply, else changes nothing), `try_acquire`,
 // `admit`, `remove`, `observe`, `take_ready`, `next_wake`, `pause_until`,
 // `cancel_all`, `waiters`, `set_horizon`, with BucketCore's meanings.
 
@@ -23,6 +24,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "../null_mutex.hpp"
 #include "../result.hpp"
 #include "../scheduler.hpp"
 #include "../timer_thread_scheduler.hpp"
@@ -207,7 +209,16 @@ class WaitingBucket {
     bool await_suspend(std::coroutine_handle<> handle) {
       node_.handle = handle;
       if (stop_.stop_possible()) node_.stop_callback.emplace(stop_, Canceller{&bucket_, &node_});
-      return !node_.handoff.exchange(true, std::memory_order_acq_rel);
+      if constexpr (std::is_same_v<Mutex, NullMutex>) {
+        // One thread only: nothing can complete the node concurrently, so a
+        // load and a store replace the exchange (the stop callback above may
+        // have completed it, on this thread).
+        if (node_.handoff.load(std::memory_order_relaxed)) return false;
+        node_.handoff.store(true, std::memory_order_relaxed);
+        return true;
+      } else {
+        return !node_.handoff.exchange(true, std::memory_order_acq_rel);
+      }
     }
 
     AcquireResult await_resume() noexcept {
@@ -423,8 +434,9 @@ class WaitingBucket {
   };
 
   // Every waiting front-end starts here: takes `cost` at once, fails for
-  // good, or queues the node `make_node()` returns (called only then, so the
-  // awaiter builds its node only when it must wait), under one lock acquisition.
+  // good, or queues the node `make_node()` returns (called only when the
+  // core's fast path could not take the cost, so an awaiter that needs no
+  // wait builds no node), under one lock acquisition.
   template <class MakeNode>
   Begin begin(const cost_type& cost, fine_t max_wait, MakeNode make_node) {
     const bool can_wait = scheduler() != nullptr;
@@ -433,10 +445,15 @@ class WaitingBucket {
     Admission a;
     {
       std::lock_guard lock(mutex_);
-      const AcquireResult r = core_.try_acquire(t, cost);
-      if (r.status() != Status::not_now) [[likely]]
-        return {r, false};
-      if (!can_wait) return {AcquireResult::failed(Status::invalid, Reason::no_scheduler), false};
+      if (core_.take_fast(t, cost)) [[likely]]
+        return {AcquireResult::acquired(), false};
+      if (!can_wait) {
+        const AcquireResult r = core_.try_acquire(t, cost);
+        if (r.status() != Status::not_now) return {r, false};
+        return {AcquireResult::failed(Status::invalid, Reason::no_scheduler), false};
+      }
+      // admit() decides everything else (it takes, refuses or queues), so the
+      // node is built whenever the fast path did not take the cost.
       a = core_.admit(t, make_node(), max_wait);
       core_.take_ready(done);
       sync_timer();
