@@ -67,7 +67,7 @@ constexpr std::int64_t kMs = 1'000'000;
 }  // namespace
 
 TEMPLATE_TEST_CASE("acquire: completes without suspending when the tokens are there", "[acquire]", std::mutex,
-                   tollgate::SpinMutex, NullMutex) {
+                   tollgate::SpinMutex, tollgate::BiasedMutex, NullMutex) {
   ManualClock clock;
   ManualScheduler sched(clock);
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{3, 1}, clock, &sched);
@@ -80,7 +80,7 @@ TEMPLATE_TEST_CASE("acquire: completes without suspending when the tokens are th
 }
 
 TEMPLATE_TEST_CASE("acquire: never and invalid finish at once", "[acquire]", std::mutex,
-                   tollgate::SpinMutex, NullMutex) {
+                   tollgate::SpinMutex, tollgate::BiasedMutex, NullMutex) {
   ManualClock clock;
   ManualScheduler sched(clock);
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{3, 1}, clock, &sched);
@@ -94,7 +94,7 @@ TEMPLATE_TEST_CASE("acquire: never and invalid finish at once", "[acquire]", std
 }
 
 TEMPLATE_TEST_CASE("acquire: FIFO, a large cost is not starved by small ones", "[acquire][fifo]", std::mutex,
-                   tollgate::SpinMutex, NullMutex) {
+                   tollgate::SpinMutex, tollgate::BiasedMutex, NullMutex) {
   // The seed pattern never serves the cost-8 request after the initial burst.
   Drained<TestType> fixture(Limit{10, 2});
   [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
@@ -119,7 +119,7 @@ TEMPLATE_TEST_CASE("acquire: FIFO, a large cost is not starved by small ones", "
 }
 
 TEMPLATE_TEST_CASE("acquire: each waiter is woken once, at its instant", "[acquire]", std::mutex,
-                   tollgate::SpinMutex, NullMutex) {
+                   tollgate::SpinMutex, tollgate::BiasedMutex, NullMutex) {
   Drained<TestType> fixture(Limit{1, 1});
   [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
   std::vector<Task> tasks;
@@ -132,7 +132,7 @@ TEMPLATE_TEST_CASE("acquire: each waiter is woken once, at its instant", "[acqui
 }
 
 TEMPLATE_TEST_CASE("acquire: a stop token cancels exactly; later waiters move up", "[acquire][cancel]", std::mutex,
-                   tollgate::SpinMutex, NullMutex) {
+                   tollgate::SpinMutex, tollgate::BiasedMutex, NullMutex) {
   Drained<TestType> fixture(Limit{4, 1});
   [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
   std::stop_source stop;
@@ -159,7 +159,7 @@ TEMPLATE_TEST_CASE("acquire: a stop token cancels exactly; later waiters move up
 }
 
 TEMPLATE_TEST_CASE("acquire: a stop already requested takes nothing", "[acquire][cancel]", std::mutex,
-                   tollgate::SpinMutex, NullMutex) {
+                   tollgate::SpinMutex, tollgate::BiasedMutex, NullMutex) {
   ManualClock clock;
   ManualScheduler sched(clock);
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{4, 1}, clock, &sched);
@@ -173,7 +173,7 @@ TEMPLATE_TEST_CASE("acquire: a stop already requested takes nothing", "[acquire]
 }
 
 TEMPLATE_TEST_CASE("acquire: destroying a suspended coroutine leaves the queue exactly", "[acquire][cancel]", std::mutex,
-                   tollgate::SpinMutex, NullMutex) {
+                   tollgate::SpinMutex, tollgate::BiasedMutex, NullMutex) {
   Drained<TestType> fixture(Limit{4, 1});
   [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
   Task a = waiter(bucket, 3, 0, log, clock);  // head, due 3 s
@@ -189,7 +189,7 @@ TEMPLATE_TEST_CASE("acquire: destroying a suspended coroutine leaves the queue e
 }
 
 TEMPLATE_TEST_CASE("acquire: a destroyed waiter that was already granted refunds its cost", "[acquire][cancel]", std::mutex,
-                   tollgate::SpinMutex, NullMutex) {
+                   tollgate::SpinMutex, tollgate::BiasedMutex, NullMutex) {
   Drained<TestType> fixture(Limit{4, 1});
   [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
   Task a = waiter(bucket, 2, 0, log, clock);  // due 2 s
@@ -200,7 +200,7 @@ TEMPLATE_TEST_CASE("acquire: a destroyed waiter that was already granted refunds
 }
 
 TEMPLATE_TEST_CASE("acquire_for: refuses at once when the wait is too long", "[acquire][deadline]", std::mutex,
-                   tollgate::SpinMutex, NullMutex) {
+                   tollgate::SpinMutex, tollgate::BiasedMutex, NullMutex) {
   Drained<TestType> fixture(Limit{10, 2});
   [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
   Task a = waiter_for(bucket, 4, 1s, 0, log, clock);  // needs 2 s
@@ -216,7 +216,7 @@ TEMPLATE_TEST_CASE("acquire_for: refuses at once when the wait is too long", "[a
 }
 
 TEMPLATE_TEST_CASE("acquire_for: a slower rate that breaks the deadline times the waiter out", "[acquire][deadline]", std::mutex,
-                   tollgate::SpinMutex, NullMutex) {
+                   tollgate::SpinMutex, tollgate::BiasedMutex, NullMutex) {
   Drained<TestType> fixture(Limit{10, 2});
   [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
   Task a = waiter_for(bucket, 2, 3s, 0, log, clock);  // due 1 s, deadline 3 s
@@ -235,7 +235,7 @@ TEMPLATE_TEST_CASE("acquire_for: a slower rate that breaks the deadline times th
 }
 
 TEMPLATE_TEST_CASE("acquire: a higher rate wakes queued waiters sooner", "[acquire][reconfigure]", std::mutex,
-                   tollgate::SpinMutex, NullMutex) {
+                   tollgate::SpinMutex, tollgate::BiasedMutex, NullMutex) {
   Drained<TestType> fixture(Limit{10, 1});
   [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
   Task a = waiter(bucket, 4, 0, log, clock);  // due 4 s
@@ -249,7 +249,7 @@ TEMPLATE_TEST_CASE("acquire: a higher rate wakes queued waiters sooner", "[acqui
 }
 
 TEMPLATE_TEST_CASE("acquire: a capacity below a waiter's cost finishes it never", "[acquire][reconfigure]", std::mutex,
-                   tollgate::SpinMutex, NullMutex) {
+                   tollgate::SpinMutex, tollgate::BiasedMutex, NullMutex) {
   Drained<TestType> fixture(Limit{10, 1});
   [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
   Task a = waiter(bucket, 8, 0, log, clock);
@@ -264,7 +264,7 @@ TEMPLATE_TEST_CASE("acquire: a capacity below a waiter's cost finishes it never"
 }
 
 TEMPLATE_TEST_CASE("acquire: a refund moves the head up", "[acquire]", std::mutex,
-                   tollgate::SpinMutex, NullMutex) {
+                   tollgate::SpinMutex, tollgate::BiasedMutex, NullMutex) {
   Drained<TestType> fixture(Limit{10, 1});
   [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
   Task a = waiter(bucket, 5, 0, log, clock);  // due 5 s
@@ -399,7 +399,7 @@ TEST_CASE("TimerThreadScheduler: resumes waiters on its own thread", "[acquire][
 }
 
 TEMPLATE_TEST_CASE("pause: nothing is admitted before the upstream's retry-after", "[acquire][pause]", std::mutex,
-                   tollgate::SpinMutex, NullMutex) {
+                   tollgate::SpinMutex, tollgate::BiasedMutex, NullMutex) {
   Drained<TestType> fixture(Limit{10, 1});
   [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
   Task a = waiter(bucket, 2, 0, log, clock);  // due 2 s
@@ -451,7 +451,7 @@ TEST_CASE("pause: waiters released together never exceed one bucket (regression)
 }
 
 TEMPLATE_TEST_CASE("permit: settle refunds a surplus and charges an overrun as debt", "[acquire][permit]", std::mutex,
-                   tollgate::SpinMutex, NullMutex) {
+                   tollgate::SpinMutex, tollgate::BiasedMutex, NullMutex) {
   using Bucket = tollgate::TokenBucket<ManualClock, TestType>;
   ManualClock clock;
   ManualScheduler sched(clock);

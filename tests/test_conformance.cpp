@@ -119,7 +119,7 @@ void run_seed(std::uint64_t seed) {
 }  // namespace
 
 TEMPLATE_TEST_CASE("conformance: randomized sequences match the reference model", "[conformance]", std::mutex,
-                   tollgate::SpinMutex, NullMutex) {
+                   tollgate::SpinMutex, tollgate::BiasedMutex, NullMutex) {
   for (std::uint64_t seed = 1; seed <= 150; ++seed) run_seed<TestType>(seed);
 }
 

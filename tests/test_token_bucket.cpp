@@ -35,7 +35,7 @@ std::string thrown_message(F&& f) {
 }  // namespace
 
 TEMPLATE_TEST_CASE("bucket: burst, then the refill rate", "[bucket]", std::mutex,
-                   tollgate::SpinMutex, NullMutex) {
+                   tollgate::SpinMutex, tollgate::BiasedMutex, NullMutex) {
   ManualClock clock;
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 2}, clock);
   for (int i = 0; i < 10; ++i) CHECK(bucket.try_acquire().ok());
@@ -95,7 +95,7 @@ TEST_CASE("bucket: Limit helpers", "[bucket][config]") {
 }
 
 TEMPLATE_TEST_CASE("bucket: a clock near the top of its range", "[bucket][clock]", std::mutex,
-                   tollgate::SpinMutex, NullMutex) {
+                   tollgate::SpinMutex, tollgate::BiasedMutex, NullMutex) {
   // Same script at two origins; every observable must be identical.
   for (auto origin : {ManualClock::time_point{}, ManualClock::max() - 3600s}) {
     INFO("origin " << ns_of(origin));
@@ -112,7 +112,7 @@ TEMPLATE_TEST_CASE("bucket: a clock near the top of its range", "[bucket][clock]
 }
 
 TEMPLATE_TEST_CASE("bucket: a clock that steps backwards is clamped", "[bucket][clock]", std::mutex,
-                   tollgate::SpinMutex, NullMutex) {
+                   tollgate::SpinMutex, tollgate::BiasedMutex, NullMutex) {
   ManualClock clock(ManualClock::time_point(100s));
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 1}, clock);
   CHECK(bucket.try_acquire(10).ok());
@@ -127,7 +127,7 @@ TEMPLATE_TEST_CASE("bucket: a clock that steps backwards is clamped", "[bucket][
 }
 
 TEMPLATE_TEST_CASE("bucket: refund never fills above capacity", "[bucket]", std::mutex,
-                   tollgate::SpinMutex, NullMutex) {
+                   tollgate::SpinMutex, tollgate::BiasedMutex, NullMutex) {
   ManualClock clock;
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 1}, clock);
   CHECK(bucket.try_acquire(8).ok());
@@ -138,7 +138,7 @@ TEMPLATE_TEST_CASE("bucket: refund never fills above capacity", "[bucket]", std:
 }
 
 TEMPLATE_TEST_CASE("bucket: set_rate settles the tokens accrued so far", "[bucket][reconfigure]", std::mutex,
-                   tollgate::SpinMutex, NullMutex) {
+                   tollgate::SpinMutex, tollgate::BiasedMutex, NullMutex) {
   ManualClock clock;
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{100, 1}, clock);
   CHECK(bucket.try_acquire(100).ok());
@@ -153,7 +153,7 @@ TEMPLATE_TEST_CASE("bucket: set_rate settles the tokens accrued so far", "[bucke
 }
 
 TEMPLATE_TEST_CASE("bucket: set_capacity drops what no longer fits", "[bucket][reconfigure]", std::mutex,
-                   tollgate::SpinMutex, NullMutex) {
+                   tollgate::SpinMutex, tollgate::BiasedMutex, NullMutex) {
   ManualClock clock;
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{10, 1}, clock);
   bucket.set_capacity(4);
@@ -176,7 +176,7 @@ TEST_CASE("bucket: a clock-less bucket cannot wait, and says so", "[bucket]") {
 }
 
 TEMPLATE_TEST_CASE("bucket: the upstream's remaining count corrects downwards only", "[bucket][headers]", std::mutex,
-                   tollgate::SpinMutex, NullMutex) {
+                   tollgate::SpinMutex, tollgate::BiasedMutex, NullMutex) {
   ManualClock clock;
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{100, 10}, clock);
   bucket.limit_remaining(30);  // another client of the same quota used 70

@@ -16,6 +16,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "biased_mutex.hpp"
 #include "detail/bucket_core.hpp"
 #include "detail/fine_time.hpp"
 #include "detail/waiter.hpp"
@@ -54,7 +55,7 @@ class BucketRegistry;
 /// Thread safety: every member function may be called concurrently when
 /// `Mutex` is a real mutex (the default, `std::mutex`); with `NullMutex`,
 /// from one thread only. The bucket must outlive its waiters' operations.
-template <class Clock = std::chrono::steady_clock, class Mutex = SpinMutex>
+template <class Clock = std::chrono::steady_clock, class Mutex = BiasedMutex>
 class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mutex> {
   using Base = detail::WaitingBucket<detail::BucketCore, Clock, Mutex>;
 
@@ -90,6 +91,13 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
   /// `try_acquire` at an explicit instant of this bucket's clock.
   AcquireResult try_acquire_at(time_point now, double cost = 1) {
     const detail::fine_t t = rel(now);
+    if constexpr (detail::biased_mutex<Mutex>) {
+      if (mutex_.try_enter_biased()) [[likely]] {
+        const AcquireResult r = core_.try_acquire(t, cost);
+        mutex_.leave_biased();
+        return r;
+      }
+    }
     std::lock_guard lock(mutex_);
     return core_.try_acquire(t, cost);
   }

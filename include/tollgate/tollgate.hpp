@@ -1,6 +1,7 @@
 #pragma once
 // tollgate: header-only C++20 token-bucket rate limiting. The umbrella header.
 
+#include "biased_mutex.hpp"
 #include "bucket_registry.hpp"  // IWYU pragma: export
 #include "coarse_clock.hpp"     // IWYU pragma: export
 #include "costs.hpp"            // IWYU pragma: export

@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <concepts>
 #include <condition_variable>
 #include <coroutine>
 #include <limits>
@@ -33,6 +34,13 @@
 #include "waiter.hpp"
 
 namespace tollgate::detail {
+
+/// A Mutex with an owner's way in that needs no lock (BiasedMutex).
+template <class M>
+concept biased_mutex = requires(M& m) {
+  { m.try_enter_biased() } -> std::same_as<bool>;
+  m.leave_biased();
+};
 
 template <class Core, class Clock, class Mutex>
 class WaitingBucket {
@@ -439,15 +447,22 @@ class WaitingBucket {
   // wait builds no node), under one lock acquisition.
   template <class MakeNode>
   Begin begin(const cost_type& cost, fine_t max_wait, MakeNode make_node) {
-    const bool can_wait = scheduler() != nullptr;
     const fine_t t = rel(clock_.now());
     WaiterList done;  // earlier waiters found due on the way
     Admission a;
+    if constexpr (biased_mutex<Mutex>) {
+      if (mutex_.try_enter_biased()) [[likely]] {
+        const bool taken = core_.take_fast(t, cost);
+        mutex_.leave_biased();
+        if (taken) [[likely]]
+          return {AcquireResult::acquired(), false};
+      }
+    }
     {
       std::lock_guard lock(mutex_);
       if (core_.take_fast(t, cost)) [[likely]]
         return {AcquireResult::acquired(), false};
-      if (!can_wait) {
+      if (scheduler() == nullptr) {
         const AcquireResult r = core_.try_acquire(t, cost);
         if (r.status() != Status::not_now) return {r, false};
         return {AcquireResult::failed(Status::invalid, Reason::no_scheduler), false};
