@@ -107,6 +107,20 @@ void BM_Primitive_CasLoop(benchmark::State& st) {
 }
 BENCHMARK(BM_Primitive_CasLoop);
 
+// The two measured together: what any design that does one atomic RMW per
+// call after reading the clock pays at least (the RMW waits for the clock read).
+void BM_Primitive_SteadyClockNowThenCas(benchmark::State& st) {
+  std::atomic<std::int64_t> v{0};
+  for (auto _ : st) {
+    const std::int64_t t = SteadyClock::now().time_since_epoch().count();
+    std::int64_t cur = v.load(std::memory_order_relaxed);
+    while (!v.compare_exchange_weak(cur, cur + (t & 1), std::memory_order_acq_rel)) {
+    }
+  }
+  benchmark::DoNotOptimize(v.load());
+}
+BENCHMARK(BM_Primitive_SteadyClockNowThenCas);
+
 // ---- The baseline: a faithful port of the seed's Python pattern -------------
 class SeedBucket {
  public:
@@ -149,6 +163,37 @@ void BM_TokenBucket_TryAcquire(benchmark::State& st) {
   for (auto _ : st) benchmark::DoNotOptimize(b.try_acquire(1));
 }
 BENCHMARK(BM_TokenBucket_TryAcquire);
+
+// The previous default Mutex: one exchange per call.
+void BM_TokenBucket_TryAcquire_SpinMutex(benchmark::State& st) {
+  TokenBucket<SteadyClock, tollgate::SpinMutex> b(kWide);
+  for (auto _ : st) benchmark::DoNotOptimize(b.try_acquire(1));
+}
+BENCHMARK(BM_TokenBucket_TryAcquire_SpinMutex);
+
+// What the first lock by a second thread costs a biased bucket (once per
+// bucket): the owner thread is running meanwhile, as it would be.
+void BM_BiasedMutex_Revoke(benchmark::State& st) {
+  constexpr int kMutexes = 2000;
+  auto mutexes = std::make_unique<tollgate::BiasedMutex[]>(kMutexes);
+  std::atomic<bool> claimed{false}, done{false};
+  std::thread owner([&] {
+    for (int i = 0; i < kMutexes; ++i) (void)mutexes[i].try_enter_biased();  // claims each
+    claimed.store(true, std::memory_order_release);
+    while (!done.load(std::memory_order_acquire)) std::this_thread::yield();
+  });
+  while (!claimed.load(std::memory_order_acquire)) std::this_thread::yield();
+  int i = 0;
+  for (auto _ : st) {
+    mutexes[i].lock();  // revokes
+    mutexes[i].unlock();
+    ++i;
+  }
+  done.store(true, std::memory_order_release);
+  owner.join();
+  if (!mutexes[0].biased() && tollgate::detail::heavy_barrier_available()) st.counters["revoked"] = i;
+}
+BENCHMARK(BM_BiasedMutex_Revoke)->Iterations(2000)->Unit(benchmark::kMicrosecond);
 
 void BM_TokenBucket_TryAcquire_NullMutex(benchmark::State& st) {
   TokenBucket<SteadyClock, NullMutex> b(kWide);

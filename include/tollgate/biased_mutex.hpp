@@ -131,6 +131,11 @@ class BiasedMutex {
   }
   void leave_biased() noexcept { active_.store(false, std::memory_order_release); }
 
+  /// For the guarded object's destructor, when by contract no other thread
+  /// uses it any more: ends the bias without the revocation's barrier, so a
+  /// bucket destroyed on another thread than its owner's costs no membarrier.
+  void end_bias_for_teardown() noexcept { owner_.store(kRevoked, std::memory_order_relaxed); }
+
   /// True while some thread holds the bias (for tests).
   bool biased() const noexcept {
     const std::uint64_t owner = owner_.load(std::memory_order_relaxed);

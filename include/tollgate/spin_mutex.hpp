@@ -1,5 +1,6 @@
 #pragma once
-// SpinMutex: the default Mutex of TokenBucket; a lock for critical sections of
+// SpinMutex: the default Mutex of LimitSet and BucketRegistry (and the lock
+// inside TokenBucket's default, BiasedMutex); a lock for critical sections of
 // a few nanoseconds.
 
 #include <atomic>
@@ -9,7 +10,7 @@ namespace tollgate {
 
 /// A test-and-test-and-set spin lock that yields the CPU after a short spin.
 ///
-/// Why it is TokenBucket's default: the bucket's lock guards only arithmetic
+/// Why a spin lock: a bucket's lock guards only arithmetic
 /// (about 2 ns) — never a blocking call, never user code — so a waiter for
 /// the lock almost always gets it within a few spins. Unlocking is a plain
 /// release store (std::mutex needs an atomic read-modify-write to know whether

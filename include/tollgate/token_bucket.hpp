@@ -53,8 +53,8 @@ class BucketRegistry;
 /// seen is treated as that one. Arithmetic is exact (fixed point, 2^-32 ns).
 ///
 /// Thread safety: every member function may be called concurrently when
-/// `Mutex` is a real mutex (the default, `std::mutex`); with `NullMutex`,
-/// from one thread only. The bucket must outlive its waiters' operations.
+/// `Mutex` is a real mutex (the default `BiasedMutex`, `SpinMutex`,
+/// `std::mutex`); with `NullMutex`, from one thread only. The bucket must outlive its waiters' operations.
 template <class Clock = std::chrono::steady_clock, class Mutex = BiasedMutex>
 class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mutex> {
   using Base = detail::WaitingBucket<detail::BucketCore, Clock, Mutex>;

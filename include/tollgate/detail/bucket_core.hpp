@@ -41,7 +41,6 @@ namespace tollgate::detail {
 struct Admission {
   AcquireResult result;  // acquired / not_now / never / invalid, or ...
   bool queued = false;   // ... true: the waiter was queued; result is unused
-  fine_t due = 0;        // when queued: the instant it will be granted
 };
 
 /// What `BucketCore::remove` found.
@@ -188,7 +187,7 @@ class alignas(64) BucketCore {
     w.deadline = max_wait >= fine_max - now ? fine_max : now + max_wait;
     w.place = WaiterPlace::pending;
     pending_.push_back(w);
-    return {AcquireResult::acquired(), true, std::max(end, paused_until_)};
+    return {AcquireResult::acquired(), true};
   }
 
   /// Takes `w` out of the queue at `now`. A pending waiter's cost is given

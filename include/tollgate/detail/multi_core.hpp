@@ -164,7 +164,7 @@ class MultiCore {
       advance(g, tail_end_, w.iv);
       tail_due_ = g;
     }
-    return {AcquireResult::acquired(), true, g};
+    return {AcquireResult::acquired(), true};
   }
 
   /// As BucketCore::remove: a pending waiter leaves exactly (later waiters

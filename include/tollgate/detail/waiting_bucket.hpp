@@ -40,6 +40,7 @@ template <class M>
 concept biased_mutex = requires(M& m) {
   { m.try_enter_biased() } -> std::same_as<bool>;
   m.leave_biased();
+  m.end_bias_for_teardown();
 };
 
 template <class Core, class Clock, class Mutex>
@@ -259,7 +260,7 @@ class WaitingBucket {
         : bucket_(bucket), cost_(cost), max_wait_(max_wait), stop_(std::move(stop)) {}
 
     void build_node() noexcept {
-      ::new (static_cast<void*>(&node_)) Node();
+      ::new (static_cast<void*>(&node_)) Node;  // default-init: every field has its initializer
       built_ = true;
       Core::set_cost(node_, cost_);
       node_.on_complete = &AcquireOperation::complete_thunk;
@@ -316,6 +317,7 @@ class WaitingBucket {
   /// already granted).
   ~WaitingBucket() {
     if (scheduler_type* s = timer_owner_) s->disarm(timer_);
+    if constexpr (biased_mutex<Mutex>) mutex_.end_bias_for_teardown();
     WaiterList done;
     {
       std::lock_guard lock(mutex_);
@@ -444,12 +446,11 @@ class WaitingBucket {
   // Every waiting front-end starts here: takes `cost` at once, fails for
   // good, or queues the node `make_node()` returns (called only when the
   // core's fast path could not take the cost, so an awaiter that needs no
-  // wait builds no node), under one lock acquisition.
+  // wait builds no node), under one lock acquisition. The fast path is
+  // inline; the rest (`begin_locked`) is out of line.
   template <class MakeNode>
   Begin begin(const cost_type& cost, fine_t max_wait, MakeNode make_node) {
     const fine_t t = rel(clock_.now());
-    WaiterList done;  // earlier waiters found due on the way
-    Admission a;
     if constexpr (biased_mutex<Mutex>) {
       if (mutex_.try_enter_biased()) [[likely]] {
         const bool taken = core_.take_fast(t, cost);
@@ -458,21 +459,28 @@ class WaitingBucket {
           return {AcquireResult::acquired(), false};
       }
     }
-    {
-      std::lock_guard lock(mutex_);
-      if (core_.take_fast(t, cost)) [[likely]]
-        return {AcquireResult::acquired(), false};
-      if (scheduler() == nullptr) {
-        const AcquireResult r = core_.try_acquire(t, cost);
-        if (r.status() != Status::not_now) return {r, false};
-        return {AcquireResult::failed(Status::invalid, Reason::no_scheduler), false};
-      }
-      // admit() decides everything else (it takes, refuses or queues), so the
-      // node is built whenever the fast path did not take the cost.
-      a = core_.admit(t, make_node(), max_wait);
-      core_.take_ready(done);
-      sync_timer();
+    std::unique_lock lock(mutex_);
+    if (core_.take_fast(t, cost)) [[likely]]
+      return {AcquireResult::acquired(), false};
+    return begin_locked(lock, t, cost, max_wait, make_node);
+  }
+
+  // The rest of `begin`, with the lock held; releases it.
+  template <class MakeNode>
+  [[gnu::noinline]] Begin begin_locked(std::unique_lock<Mutex>& lock, fine_t t, const cost_type& cost,
+                                       fine_t max_wait, MakeNode& make_node) {
+    if (scheduler() == nullptr) {
+      const AcquireResult r = core_.try_acquire(t, cost);
+      if (r.status() != Status::not_now) return {r, false};
+      return {AcquireResult::failed(Status::invalid, Reason::no_scheduler), false};
     }
+    // admit() decides everything else (it takes, refuses or queues), so the
+    // node is built whenever the fast path did not take the cost.
+    const Admission a = core_.admit(t, make_node(), max_wait);
+    WaiterList done;  // earlier waiters found due on the way
+    core_.take_ready(done);
+    sync_timer();
+    lock.unlock();
     complete_all(done);
     return {a.result, a.queued};
   }
