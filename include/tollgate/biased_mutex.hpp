@@ -26,7 +26,7 @@ namespace detail {
   static std::atomic<std::uint64_t> next{2};
   return next.fetch_add(1, std::memory_order_relaxed);
 }
-inline std::uint64_t thread_token() noexcept {
+[[gnu::always_inline]] inline std::uint64_t thread_token() noexcept {
   static constinit thread_local std::uint64_t token = 0;  // constinit: no TLS guard
   if (token == 0) [[unlikely]]
     token = new_thread_token();
@@ -112,7 +112,7 @@ class BiasedMutex {
   /// guarded state (then it must call `leave_biased`, with nothing in between
   /// that can block or re-enter). False otherwise (take the lock instead); the
   /// first call on a mutex nobody owns makes the caller its owner.
-  bool try_enter_biased() noexcept {
+  [[gnu::always_inline]] bool try_enter_biased() noexcept {
     const std::uint64_t me = detail::thread_token();
     const std::uint64_t owner = owner_.load(std::memory_order_relaxed);
     if (owner != me) [[unlikely]] {
@@ -129,7 +129,7 @@ class BiasedMutex {
     }
     return true;
   }
-  void leave_biased() noexcept { active_.store(false, std::memory_order_release); }
+  [[gnu::always_inline]] void leave_biased() noexcept { active_.store(false, std::memory_order_release); }
 
   /// For the guarded object's destructor, when by contract no other thread
   /// uses it any more: ends the bias without the revocation's barrier, so a

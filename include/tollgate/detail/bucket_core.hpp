@@ -144,7 +144,7 @@ class alignas(64) BucketCore {
   /// previous call, nobody queued, no pause, time not running backwards, and
   /// the tokens there. Returns false, changing nothing, in every other case
   /// (refusals included); the out-of-line paths decide those.
-  bool take_fast(fine_t now, double cost) noexcept {
+  [[gnu::always_inline]] bool take_fast(fine_t now, double cost) noexcept {
     // `last_cost_` only ever holds a valid cost (<= capacity): a match checks it.
     if (cost != last_cost_ || !pending_.empty() || now < last_now_ || now < paused_until_) [[unlikely]]
       return false;

@@ -100,8 +100,9 @@ class WaitingBucket {
   std::pair<AcquireResult, bool> wait_begin(waiter_type& w, const cost_type& cost,
                                             std::chrono::duration<Rep, Period> max_wait) {
     Core::set_cost(w, cost);
-    const Begin b = begin(cost, to_fine(max_wait), [&]() -> waiter_type& { return w; });
-    return {b.result, b.queued};
+    bool queued = false;
+    const AcquireResult r = begin(cost, to_fine(max_wait), [&]() -> waiter_type& { return w; }, queued);
+    return {r, queued};
   }
   /// Takes a queued `w` out (exact accounting; later waiters move up) and
   /// completes it `cancelled`; nothing when it was already granted.
@@ -190,26 +191,26 @@ class WaitingBucket {
 
     /// Takes the tokens, fails for good, or joins the queue: all under one
     /// lock acquisition. Returns false only when the coroutine must wait.
-    bool await_ready() noexcept {
+    [[gnu::always_inline]] bool await_ready() noexcept {
       if (stop_.stop_requested()) {
         result_ = cancelled_result();
         return true;
       }
-      const Begin b = bucket_.begin(cost_, max_wait_, [this]() -> typename Core::waiter_type& {
-        build_node();
-        return node_;
-      });
-      if (b.queued) {
-        queued_ = true;
-        return false;
-      }
-      if (b.result.ok()) [[likely]] {
+      const AcquireResult r = bucket_.begin(
+          cost_, max_wait_,
+          [this]() -> typename Core::waiter_type& {
+            build_node();
+            return node_;
+          },
+          queued_);
+      if (queued_) return false;
+      if (r.ok()) [[likely]] {
         // Only a flag goes through the coroutine frame on the hot path: a
         // 16-byte result stored and reloaded there stalls store forwarding.
         acquired_ = true;
         return true;
       }
-      result_ = b.result;
+      result_ = r;
       return true;
     }
 
@@ -356,8 +357,9 @@ class WaitingBucket {
       b->done = true;
       b->cv.notify_one();
     };
-    const Begin b = begin(cost, max_wait, [&]() -> typename Core::waiter_type& { return w; });
-    if (!b.queued) return b.result;
+    bool queued = false;
+    const AcquireResult r = begin(cost, max_wait, [&]() -> typename Core::waiter_type& { return w; }, queued);
+    if (!queued) return r;
     {
       std::stop_callback on_stop(stop, [&] { cancel(w); });
       std::unique_lock l(w.m);
@@ -438,41 +440,45 @@ class WaitingBucket {
     return nullptr;
   }
 
-  struct Begin {
-    AcquireResult result;
-    bool queued;
-  };
-
   // Every waiting front-end starts here: takes `cost` at once, fails for
   // good, or queues the node `make_node()` returns (called only when the
   // core's fast path could not take the cost, so an awaiter that needs no
-  // wait builds no node), under one lock acquisition. The fast path is
-  // inline; the rest (`begin_locked`) is out of line.
+  // wait builds no node), under one lock acquisition. Sets `queued` (left
+  // false otherwise) when the node joined the queue; the result is then
+  // unused. Only the fast path is inline (the result travels in registers).
   template <class MakeNode>
-  Begin begin(const cost_type& cost, fine_t max_wait, MakeNode make_node) {
+  [[gnu::always_inline]] AcquireResult begin(const cost_type& cost, fine_t max_wait, MakeNode make_node,
+                                             bool& queued) {
     const fine_t t = rel(clock_.now());
     if constexpr (biased_mutex<Mutex>) {
       if (mutex_.try_enter_biased()) [[likely]] {
         const bool taken = core_.take_fast(t, cost);
         mutex_.leave_biased();
         if (taken) [[likely]]
-          return {AcquireResult::acquired(), false};
+          return AcquireResult::acquired();
       }
+      std::unique_lock lock(mutex_, std::defer_lock);
+      return begin_locked(lock, t, cost, max_wait, make_node, queued);
+    } else {
+      std::unique_lock lock(mutex_);
+      if (core_.take_fast(t, cost)) [[likely]]
+        return AcquireResult::acquired();
+      return begin_locked(lock, t, cost, max_wait, make_node, queued);
     }
-    std::unique_lock lock(mutex_);
-    if (core_.take_fast(t, cost)) [[likely]]
-      return {AcquireResult::acquired(), false};
-    return begin_locked(lock, t, cost, max_wait, make_node);
   }
 
-  // The rest of `begin`, with the lock held; releases it.
+  // The rest of `begin`, with the lock held (taken here if it is not); releases it.
   template <class MakeNode>
-  [[gnu::noinline]] Begin begin_locked(std::unique_lock<Mutex>& lock, fine_t t, const cost_type& cost,
-                                       fine_t max_wait, MakeNode& make_node) {
+  [[gnu::noinline]] AcquireResult begin_locked(std::unique_lock<Mutex>& lock, fine_t t, const cost_type& cost,
+                                               fine_t max_wait, MakeNode& make_node, bool& queued) {
+    if (!lock.owns_lock()) {
+      lock.lock();
+      if (core_.take_fast(t, cost)) return AcquireResult::acquired();
+    }
     if (scheduler() == nullptr) {
       const AcquireResult r = core_.try_acquire(t, cost);
-      if (r.status() != Status::not_now) return {r, false};
-      return {AcquireResult::failed(Status::invalid, Reason::no_scheduler), false};
+      if (r.status() != Status::not_now) return r;
+      return AcquireResult::failed(Status::invalid, Reason::no_scheduler);
     }
     // admit() decides everything else (it takes, refuses or queues), so the
     // node is built whenever the fast path did not take the cost.
@@ -482,7 +488,8 @@ class WaitingBucket {
     sync_timer();
     lock.unlock();
     complete_all(done);
-    return {a.result, a.queued};
+    queued = a.queued;
+    return a.result;
   }
 
   // Stop-token cancellation: completes `w` as cancelled unless already granted.
