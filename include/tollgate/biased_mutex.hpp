@@ -67,7 +67,7 @@ inline void heavy_barrier() noexcept { std::terminate(); }  // unreachable: noth
 ///
 /// Why: a bucket's lock costs one atomic read-modify-write, and right after a
 /// `steady_clock::now()` (which the CPU must finish first) that instruction
-/// costs about 5.7 ns here, a sixth of the whole `try_acquire`. Most buckets
+/// costs about 5.6 ns here, a sixth of the whole `try_acquire`. Most buckets
 /// are touched by one thread at a time for long stretches (a per-connection or
 /// per-worker bucket, a single-threaded event loop), so the bucket is biased:
 ///
@@ -76,7 +76,7 @@ inline void heavy_barrier() noexcept { std::terminate(); }  // unreachable: noth
 ///    fence and a load, and leaves with a plain store: no atomic RMW at all.
 ///  - Any other thread takes the spin lock as usual; the first time one does,
 ///    it revokes the bias for good: it raises a flag, runs a process-wide
-///    memory barrier (Linux `membarrier`, 0.5–12 µs measured here, once per
+///    memory barrier (Linux `membarrier`, 0.5–14 µs measured here, once per
 ///    bucket), and waits until the owner is outside. This is the asymmetric
 ///    Dekker protocol of folly's `asymmetric_thread_fence_heavy` and of
 ///    userspace RCU: either the owner sees the flag and takes the lock, or the
