@@ -76,12 +76,13 @@ inline void heavy_barrier() noexcept { std::terminate(); }  // unreachable: noth
 ///    fence and a load, and leaves with a plain store: no atomic RMW at all.
 ///  - Any other thread takes the spin lock as usual; the first time one does,
 ///    it revokes the bias for good: it raises a flag, runs a process-wide
-///    memory barrier (Linux `membarrier`, 0.5–14 µs measured here, once per
+///    memory barrier (Linux `membarrier`, 0.5–17 µs measured here, once per
 ///    bucket), and waits until the owner is outside. This is the asymmetric
 ///    Dekker protocol of folly's `asymmetric_thread_fence_heavy` and of
 ///    userspace RCU: either the owner sees the flag and takes the lock, or the
 ///    revoking thread sees the owner inside and waits.
-///  - After revocation the bucket behaves as a `SpinMutex` (one extra load).
+///  - After revocation the bucket behaves as a `SpinMutex` (plus a
+///    thread-local read and two loads from a line nobody writes any more).
 ///    Only `try_acquire` and the no-wait case of `acquire` use the biased
 ///    entry; every other member function takes the lock.
 ///

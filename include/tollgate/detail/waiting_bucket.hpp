@@ -283,7 +283,7 @@ class WaitingBucket {
     bool queued_ = false;
     bool acquired_ = false;
     union {
-      Node node_;  // constructed in await_ready, only when it must wait
+      Node node_;  // constructed in await_ready, only when the fast path did not take the cost
     };
   };
 
@@ -457,24 +457,17 @@ class WaitingBucket {
         if (taken) [[likely]]
           return AcquireResult::acquired();
       }
-      std::unique_lock lock(mutex_, std::defer_lock);
-      return begin_locked(lock, t, cost, max_wait, make_node, queued);
-    } else {
-      std::unique_lock lock(mutex_);
-      if (core_.take_fast(t, cost)) [[likely]]
-        return AcquireResult::acquired();
-      return begin_locked(lock, t, cost, max_wait, make_node, queued);
     }
+    std::unique_lock lock(mutex_);
+    if (core_.take_fast(t, cost)) [[likely]]
+      return AcquireResult::acquired();
+    return begin_locked(lock, t, cost, max_wait, make_node, queued);
   }
 
-  // The rest of `begin`, with the lock held (taken here if it is not); releases it.
+  // The rest of `begin`, with the lock held; releases it.
   template <class MakeNode>
   [[gnu::noinline]] AcquireResult begin_locked(std::unique_lock<Mutex>& lock, fine_t t, const cost_type& cost,
                                                fine_t max_wait, MakeNode& make_node, bool& queued) {
-    if (!lock.owns_lock()) {
-      lock.lock();
-      if (core_.take_fast(t, cost)) return AcquireResult::acquired();
-    }
     if (scheduler() == nullptr) {
       const AcquireResult r = core_.try_acquire(t, cost);
       if (r.status() != Status::not_now) return r;
