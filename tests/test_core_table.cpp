@@ -132,16 +132,26 @@ TEST_CASE("core: no drift over 10^9 operations", "[core]") {
 
   // And run 3 * 10^6 admissions of cost 1 (capacity 2, so the bucket is never
   // full and no accrual is capped away), each at the first whole nanosecond it
-  // conforms: the k-th at ceil(k * interval), never 1 ns before.
+  // conforms: the k-th at ceil(k * interval - allowance), never 1 ns before
+  // (the allowance, a few 2^-32 ns, is what lets a full bucket give its
+  // whole capacity at one instant).
   BucketCore run(Limit{2, 3});
   REQUIRE(run.try_acquire(0, 2).ok());
   REQUIRE(run.tat() == 0);
+  const fine_t slack = tollgate::detail::admission_slack(1, 2, run.tau());
+  REQUIRE(slack > 0);
+  REQUIRE(slack <= 8);
   for (int k = 1; k <= 3'000'000; ++k) {
-    const auto due_ns = static_cast<std::int64_t>(tollgate::detail::ceil_ns(fine_t(k) * iv));
+    const auto due_ns = static_cast<std::int64_t>(tollgate::detail::ceil_ns(fine_t(k) * iv - slack));
     if (run.try_acquire(fine_from_ns(due_ns - 1), 1).ok()) FAIL("admitted 1 ns early at k=" << k);
     if (!run.try_acquire(fine_from_ns(due_ns), 1).ok()) FAIL("refused at its due instant, k=" << k);
   }
   CHECK(run.tat() == fine_t(3'000'000) * iv);
+  // k = 3: exactly 1 s, where exact arithmetic puts it (3 * iv is 3 units past it).
+  BucketCore three(Limit{2, 3});
+  REQUIRE(three.try_acquire(0, 2).ok());
+  for (int k = 1; k <= 2; ++k) REQUIRE(three.try_acquire(fine_t(k) * iv + 1, 1).ok());
+  CHECK(three.try_acquire(fine_from_ns(1'000'000'000), 1).ok());
   // 3e6 tokens at 3/s is exactly 10^6 s: the last admission is at most 1 ns late.
   CHECK(tollgate::detail::ceil_ns(run.tat()) - 1'000'000'000'000'000 <= 1);
 }
@@ -160,18 +170,22 @@ TEST_CASE("core: tiny and huge rates keep their precision", "[core]") {
   }
 }
 
-TEST_CASE("core: available() never rounds up to capacity (regression, found by fuzz_registry)", "[core]") {
+TEST_CASE("core: available() is what try_acquire takes (regression, found by fuzz_registry)", "[core]") {
   // At rate 3/s the level a few 2^-32 ns short of full converted to double
-  // gave exactly 6.0: a not-full bucket reported as full, and
-  // try_acquire(available()) failed.
+  // gave exactly 6.0 while try_acquire(6) failed. available() reports what
+  // an admission takes, its rounding allowance included, and never the full
+  // capacity unless the bucket is full.
   BucketCore core(Limit{6, 3});
   REQUIRE(core.try_acquire(0, 6).ok());
-  for (tollgate::detail::fine_t short_by : {1, 2, 100, 1 << 20}) {
+  const auto slack = tollgate::detail::admission_slack(6, 6, core.tau());
+  for (tollgate::detail::fine_t short_by : {tollgate::detail::fine_t(1), slack, slack + 1, tollgate::detail::fine_t(100),
+                                            tollgate::detail::fine_t(1 << 20)}) {
     BucketCore c = core;
     const auto now = core.tau() - short_by;
     const double avail = c.available(now);
     INFO("short by " << static_cast<long long>(short_by) << " fine units: available " << avail);
-    CHECK(avail < 6);
+    CHECK(avail < 6);  // not full, and says so
+    if (short_by <= slack) CHECK(avail == std::nextafter(6.0, 0.0));
     CHECK(c.try_acquire(now, avail).ok());
   }
   CHECK(core.available(core.tau()) == 6);

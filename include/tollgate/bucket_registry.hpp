@@ -19,6 +19,7 @@
 #include <stop_token>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -83,6 +84,11 @@ class BucketRegistry {
     std::function<Limit(const Key&)> policy{};
     /// Hard cap on the number of keys held.
     std::size_t max_keys = 1'000'000;
+    /// Longest key accepted, in bytes (a string's length; for other keys,
+    /// `size() * sizeof(value_type)` or `sizeof(Key)`). A longer key is
+    /// refused: `Status::invalid`, `Reason::key_too_long`. With `max_keys`
+    /// this bounds the registry's memory (see the README: "What bounds memory").
+    std::size_t max_key_bytes = 256;
     OverflowPolicy overflow = OverflowPolicy::shared_bucket;
     /// The overflow bucket's limit (for `shared_bucket`); default: `default_limit`.
     std::optional<Limit> overflow_limit{};
@@ -158,6 +164,8 @@ class BucketRegistry {
   /// accept with `Key` (for string keys: std::string_view, const char*).
   template <class K>
   AcquireResult try_acquire(const K& key, double cost = 1) {
+    if (key_bytes(key) > options_.max_key_bytes) [[unlikely]]
+      return too_long(key);
     const std::size_t h = Hash{}(key);
     Shard& shard = shard_of(h);
     const time_point now_tp = clock_.now();
@@ -176,9 +184,17 @@ class BucketRegistry {
 
   /// Returns a Handle to `key`'s full bucket, creating the key on first use.
   /// Over the key cap: the overflow bucket, or a null Handle under
-  /// `OverflowPolicy::reject`.
+  /// `OverflowPolicy::reject`. Throws `std::invalid_argument` for a key
+  /// longer than `max_key_bytes`.
+  ///
+  /// The Handle keeps the bucket; so does an unsettled Permit taken from it
+  /// and a waiter queued on it. An awaitable made from it refers to the
+  /// bucket, so co_await it in the same full expression as `get` (or use
+  /// the registry's own `acquire`, which holds a Handle).
   template <class K>
   Handle get(const K& key) {
+    if (key_bytes(key) > options_.max_key_bytes) [[unlikely]]
+      throw std::invalid_argument("BucketRegistry::get: " + std::string(too_long(key).message()));
     const std::size_t h = Hash{}(key);
     Shard& shard = shard_of(h);
     const time_point now_tp = clock_.now();
@@ -202,13 +218,10 @@ class BucketRegistry {
 
   /// The awaitable of `get(key)->acquire(cost, stop)`; it holds the Handle
   /// while waiting, so the key's bucket stays. See TokenBucket::acquire.
-  class AcquireOperation {
+  class [[nodiscard]] AcquireOperation {
    public:
     bool await_ready() noexcept {
-      if (!op_) {
-        result_ = rejected();
-        return true;
-      }
+      if (!op_) return true;
       return op_->await_ready();
     }
     bool await_suspend(std::coroutine_handle<> h) { return op_->await_suspend(h); }
@@ -226,14 +239,20 @@ class BucketRegistry {
     AcquireOperation(Handle h, double cost, std::stop_token stop) : handle_(std::move(h)) {
       if (handle_) op_ = ::new (static_cast<void*>(storage_)) Op(handle_->acquire(cost, std::move(stop)));
     }
+    explicit AcquireOperation(AcquireResult failure) : result_(failure) {}
     Handle handle_;
     alignas(Op) unsigned char storage_[sizeof(Op)];
     Op* op_ = nullptr;
-    AcquireResult result_{};
+    AcquireResult result_ = rejected();
   };
 
+  /// `co_await` waits for `cost` from `key`'s bucket (see TokenBucket::acquire),
+  /// holding the key's Handle meanwhile; `rejected` at the key cap under
+  /// `OverflowPolicy::reject`, `invalid` for a key longer than `max_key_bytes`.
   template <class K>
   AcquireOperation acquire(const K& key, double cost = 1, std::stop_token stop = {}) {
+    if (key_bytes(key) > options_.max_key_bytes) [[unlikely]]
+      return AcquireOperation(too_long(key));
     return AcquireOperation(get(key), cost, std::move(stop));
   }
 
@@ -260,10 +279,12 @@ class BucketRegistry {
     detail::fine_t tau;
     double last_cost = -1;
     detail::fine_t last_interval = 0;
+    detail::fine_t last_slack = 0;  // the cached cost's rounding allowance
     detail::fine_t interval(double cost) noexcept {
       if (cost != last_cost) {
         last_cost = cost;
         last_interval = detail::fine_interval(cost, limit.rate);
+        last_slack = detail::admission_slack(cost, limit.capacity, tau);
       }
       return last_interval;
     }
@@ -291,6 +312,23 @@ class BucketRegistry {
 
   static AcquireResult rejected() noexcept { return AcquireResult::failed(Status::rejected, Reason::key_cap_reached); }
 
+  // A key's size in bytes, for `max_key_bytes`.
+  template <class K>
+  static std::size_t key_bytes(const K& key) noexcept {
+    if constexpr (std::is_convertible_v<const K&, std::string_view>) {
+      return std::string_view(key).size();
+    } else if constexpr (requires { key.size(); typename K::value_type; }) {
+      return key.size() * sizeof(typename K::value_type);
+    } else {
+      return sizeof(K);
+    }
+  }
+  // The refusal of a key over `max_key_bytes`; its "cost" is the key's size.
+  template <class K>
+  static AcquireResult too_long(const K& key) noexcept {
+    return AcquireResult::failed(Status::invalid, Reason::key_too_long, static_cast<double>(key_bytes(key)));
+  }
+
   Shard& shard_of(std::size_t h) noexcept {
     return shards_[(h >> 48) & (shards_.size() - 1)];  // high bits: the slots use the low ones
   }
@@ -311,7 +349,7 @@ class BucketRegistry {
     detail::fine_t base = e.tat;
     if (base < now - t.tau) base = now - t.tau;
     const detail::fine_t end = base + iv;
-    if (end <= now) {
+    if (end <= now + t.last_slack) {
       e.tat = end;
       return AcquireResult::acquired();
     }

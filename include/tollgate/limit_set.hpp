@@ -145,8 +145,8 @@ class LimitSet : public detail::WaitingBucket<detail::MultiCore, Clock, Mutex> {
   }
 
   /// Takes `costs` even where they are not there (a debt, never dropped; it
-  /// delays every later acquisition, queued waiters included): for usage
-  /// already spent upstream. Throws as `refund`, and `std::overflow_error`
+  /// delays every later acquisition, queued waiters included, and is bounded
+  /// per dimension by `max_debt`): for usage already spent upstream. Throws as `refund`, and `std::overflow_error`
   /// (taking nothing) for a debt beyond the clock's range.
   void charge(const Costs& costs) {
     Core::check_amount("LimitSet::charge", "costs", costs, &zeros());
@@ -162,6 +162,22 @@ class LimitSet : public detail::WaitingBucket<detail::MultiCore, Clock, Mutex> {
     Core::check_amount("LimitSet::settle", "estimate", estimate, &zeros());
     Core::check_amount("LimitSet::settle", "actual", actual, &zeros());
     Base::settle(estimate, actual);
+  }
+
+  /// The most debt `charge` or `settle` may leave in dimension `i`, in
+  /// tokens (default: the dimension's capacity): an overrun beyond it is not
+  /// taken, so one absurd usage figure cannot lock the set for years. Throws
+  /// `std::invalid_argument` unless finite and >= 0.
+  void set_max_debt(std::size_t i, double tokens) {
+    check_index("LimitSet::set_max_debt", i);
+    detail::BucketCore::check_amount("LimitSet::set_max_debt", "tokens", tokens);
+    std::lock_guard lock(mutex_);
+    core_.set_max_debt(i, tokens);
+  }
+  double max_debt(std::size_t i) const {
+    check_index("LimitSet::max_debt", i);
+    std::lock_guard lock(mutex_);
+    return core_.max_debt(i);
   }
 
   /// Corrects dimension `i` downwards to what the upstream says is left

@@ -59,6 +59,7 @@ enum class Reason : std::uint8_t {
   store_timeout,
   store_error,
   store_closed,
+  key_too_long,
 };
 
 /// A fixed phrase for each Reason, e.g. "cost exceeds capacity".
@@ -81,6 +82,7 @@ constexpr std::string_view to_string(Reason r) noexcept {
     case Reason::store_timeout: return "the store did not answer within the command timeout";
     case Reason::store_error: return "the store answered with an error";
     case Reason::store_closed: return "the connection to the store was closed";
+    case Reason::key_too_long: return "key longer than the registry's max_key_bytes";
   }
   return "unknown";
 }
@@ -141,7 +143,9 @@ class [[nodiscard]] AcquireResult {
       os << ": retry after " << retry_after_ns_ << " ns";
     } else if (reason_code() != Reason::none) {
       os << ": " << reason();
-      if (status_ == Status::never || status_ == Status::invalid) {
+      if (reason_code() == Reason::key_too_long) {
+        os << " (" << static_cast<std::uint64_t>(cost()) << " bytes)";
+      } else if (status_ == Status::never || status_ == Status::invalid) {
         os << " (cost " << cost();
         if (!dimension_name.empty()) os << " in " << dimension_name;
         else if (dimension() != no_dimension) os << " in dimension " << int(dimension());

@@ -174,13 +174,30 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
   /// Takes `cost` even if it is not there, leaving the bucket in debt: for an
   /// overrun already spent upstream (an LLM answer longer than estimated).
   /// The debt is never dropped; it delays every later acquisition, queued
-  /// waiters included. Throws `std::invalid_argument` for a negative, NaN or
-  /// infinite cost, and `std::overflow_error` for a debt beyond the clock's range.
+  /// waiters included (one pushed past its `max_wait` finishes `timed_out`).
+  /// The debt is bounded by `max_debt()` tokens (one capacity unless
+  /// `set_max_debt` says otherwise): what a charge would add beyond that is
+  /// not taken, so one absurd usage figure cannot lock the bucket for years.
+  /// Throws `std::invalid_argument` for a negative, NaN or infinite cost,
+  /// and `std::overflow_error` for a debt beyond the clock's range.
   void charge(double cost) {
     detail::BucketCore::check_amount("TokenBucket::charge", "cost", cost);
     this->mutate([&](detail::BucketCore& core, detail::fine_t t, detail::WaiterList&) {
       if (!core.charge(t, cost)) throw std::overflow_error("TokenBucket::charge: debt beyond the clock's range");
     });
+  }
+
+  /// The most debt `charge` (or a Permit's `settle`) may leave, in tokens:
+  /// finite and >= 0 (0: overruns are never charged). Throws
+  /// `std::invalid_argument` otherwise. Survives `set_limit`.
+  void set_max_debt(double tokens) {
+    detail::BucketCore::check_amount("TokenBucket::set_max_debt", "tokens", tokens);
+    std::lock_guard lock(mutex_);
+    core_.set_max_debt(tokens);
+  }
+  double max_debt() const {
+    std::lock_guard lock(mutex_);
+    return core_.max_debt();
   }
 
   /// Corrects the bucket downwards to what the upstream reports is left (an
@@ -241,7 +258,7 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
   // `epoch` (another origin), if no waiter is queued.
   bool export_state(time_point epoch, detail::fine_t& tat) const {
     std::lock_guard lock(mutex_);
-    if (!core_.idle()) return false;
+    if (!core_.idle() || this->has_permits()) return false;
     tat = core_.tat() + offset_from(epoch);
     return true;
   }

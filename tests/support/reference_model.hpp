@@ -53,8 +53,9 @@ class Model {
     return true;
   }
   void enqueue(int id, std::int64_t cost) { queue_.push_back({id, cost}); }
-  // Takes `cost` even into debt (a negative level), which later waiters pay.
-  void charge(std::int64_t cost) { level_ -= cost * kNano; }
+  // Takes `cost` even into debt (a negative level), which later waiters pay;
+  // the debt never goes beyond one capacity (what is asked beyond is not taken).
+  void charge(std::int64_t cost) { level_ = std::max(level_ - cost * kNano, std::min(level_, -cap_)); }
   // Admits nothing before `t` (ns); never shortens a pause. Tokens keep
   // accruing, capped at capacity as always.
   void pause_until(std::int64_t t) { paused_until_ = std::max(paused_until_, t); }

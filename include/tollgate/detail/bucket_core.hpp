@@ -60,15 +60,40 @@ inline AcquireResult check_cost(double cost, double capacity) noexcept {
   return AcquireResult::failed(Status::never, Reason::cost_exceeds_capacity, cost);
 }
 
-/// The tokens a refill time `level` holds (in [0, capacity]), rounded down so
-/// that taking them always succeeds; the full capacity only when exactly full.
+/// The tokens a refill time `level` holds (in [0, capacity]): the largest
+/// cost an admission would take from it (its rounding allowance included), so
+/// taking them always succeeds; the capacity exactly when full, and less
+/// otherwise.
 inline double tokens_in(fine_t level, fine_t tau, const Limit& limit, double fine_per_unit) noexcept {
   if (level <= 0) return 0;
   if (level >= tau) return limit.capacity;
+  const auto fits = [&](double v) {
+    return fine_interval(v, limit.rate) <= level + admission_slack(v, limit.capacity, tau);
+  };
+  // Below `tau` the bucket is not full, and says so (a registry evicts only
+  // full buckets), even where an admission's allowance would take it all.
+  const double below = std::nextafter(limit.capacity, 0.0);
   double v = static_cast<double>(level) / fine_per_unit;
-  if (v > limit.capacity) v = limit.capacity;
-  while (v > 0 && fine_interval(v, limit.rate) > level) v = std::nextafter(v, 0.0);
+  if (v > below) v = below;
+  // The division is off by a few ulps either way: step up while the next
+  // value still fits (1 - 2^-53 becomes 1), then down until it fits.
+  for (int i = 0; i < 8 && v < below; ++i) {
+    const double up = std::nextafter(v, limit.capacity);
+    if (!fits(up)) break;
+    v = up;
+  }
+  while (v > 0 && !fits(v)) v = std::nextafter(v, 0.0);
   return v;
+}
+
+/// A pending waiter whose due instant passed its deadline leaves the queue:
+/// appended to `finished` as `timed_out`.
+inline void finish_overdue(WaiterList& pending, Waiter& w, WaiterList& finished) noexcept {
+  pending.remove(w);
+  w.place = WaiterPlace::none;
+  w.outcome = Status::timed_out;
+  w.reason = Reason::deadline_after_reconfiguration;
+  finished.push_back(w);
 }
 
 class alignas(64) BucketCore {
@@ -100,10 +125,12 @@ class alignas(64) BucketCore {
   void set_horizon(fine_t horizon) noexcept { horizon_ = horizon; }
 
   /// Refill time of `cost` in fine units, rounded up. Cost must be valid.
+  /// Also caches the cost's rounding allowance (`admission_slack`).
   fine_t interval(double cost) noexcept {
     if (cost != last_cost_) {
       last_cost_ = cost;
       last_interval_ = fine_interval(cost, limit_.rate);
+      last_slack_ = static_cast<std::int64_t>(admission_slack(cost, limit_.capacity, tau_));
     }
     return last_interval_;
   }
@@ -154,7 +181,7 @@ class alignas(64) BucketCore {
     // for a valid cost (iv <= tau_), ending at now - (tau_ - iv).
     const fine_t iv = last_interval_;
     const fine_t end = tat_ + iv;
-    if (end > now) return false;
+    if (end > now + last_slack_) return false;
     const fine_t from_full = now - (tau_ - iv);
     tat_ = end < from_full ? from_full : end;
     last_now_ = now;
@@ -172,7 +199,7 @@ class alignas(64) BucketCore {
     fine_t base = tat_;
     if (base < now - tau_) base = now - tau_;
     const fine_t end = base + iv;
-    if (end <= now && pending_.empty() && now >= paused_until_) {
+    if (end <= now + last_slack_ && pending_.empty() && now >= paused_until_) {
       tat_ = end;
       return {AcquireResult::acquired()};
     }
@@ -217,13 +244,18 @@ class alignas(64) BucketCore {
   }
 
   /// Moves the granted waiters to `out` (to be completed outside the lock).
-  void take_ready(WaiterList& out) noexcept { detail::take_ready(ready_, out); }
+  /// Also moves the waiters the core finished on its own (a charge or a
+  /// corrected remaining count pushed them past their deadline).
+  void take_ready(WaiterList& out) noexcept {
+    detail::take_ready(ready_, out);
+    out.splice_back(finished_);
+  }
 
   /// When the scheduler must next run this bucket: now if some waiter is
   /// granted but not completed, the head's due instant if some are pending,
   /// `fine_max` if nobody waits.
   fine_t next_wake() const noexcept {
-    if (!ready_.empty()) return last_now_;
+    if (!ready_.empty() || !finished_.empty()) return last_now_;
     if (Waiter* w = pending_.front()) return std::max(tat_ - queued_ + w->interval, paused_until_);
     return fine_max;
   }
@@ -237,41 +269,40 @@ class alignas(64) BucketCore {
     now = observe(now);
     if (until <= paused_until_) return;
     paused_until_ = until;
-    fine_t due = tat_ - queued_;
-    for (Waiter* w = pending_.front(); w;) {
-      Waiter* next = w->next;
-      due += w->interval;
-      if (std::max(due, paused_until_) > w->deadline) {
-        due -= w->interval;  // later waiters move up in token terms
-        pending_.remove(*w);
-        tat_ -= w->interval;
-        queued_ -= w->interval;
-        w->place = WaiterPlace::none;
-        w->outcome = Status::timed_out;
-        w->reason = Reason::deadline_after_reconfiguration;
-        finished.push_back(*w);
-      }
-      w = next;
-    }
+    expire_overdue(finished);
   }
 
   /// The instant before which nothing is admitted (a past instant when not paused).
   fine_t paused_until() const noexcept { return paused_until_; }
 
   /// Takes `cost` unconditionally: an overrun already spent upstream (the
-  /// actual token count exceeded the estimate). The bucket may go into debt;
-  /// the debt is never dropped and delays everyone after it, queued waiters
-  /// included. Returns false (taking nothing) only if the debt would reach
-  /// beyond the clock's range. `cost` must be finite and >= 0.
+  /// actual token count exceeded the estimate). The bucket may go into debt,
+  /// at most `max_debt` tokens of it (what a charge would take beyond that
+  /// is not taken); the debt is never dropped and delays everyone after it,
+  /// queued waiters included (one pushed past its deadline finishes
+  /// `timed_out`). Returns false (taking nothing) only if the debt would
+  /// reach beyond the clock's range. `cost` must be finite and >= 0.
   bool charge(fine_t now, double cost) noexcept {
     now = observe(now);
-    const fine_t iv = fine_interval(cost, limit_.rate);
+    const fine_t iv = fine_interval(cost, limit_.rate);  // saturates: cost is finite
     fine_t base = tat_;
     if (base < now - tau_ + queued_) base = now - tau_ + queued_;
-    if (iv > horizon_ || base > horizon_ - iv) return false;
-    tat_ = base + iv;
+    fine_t end = now + queued_ + max_debt_iv_;  // the most debt allowed
+    if (iv < end - base) end = base + iv;
+    if (end <= base) return true;  // already at (or past) the most debt allowed
+    if (end > horizon_) return false;
+    tat_ = end;
+    expire_overdue(finished_);
     return true;
   }
+
+  /// The most debt a charge (or a settle's overrun) may leave, in tokens;
+  /// negative: one capacity (the default, following the capacity).
+  void set_max_debt(double tokens) noexcept {
+    max_debt_ = tokens;
+    max_debt_iv_ = tokens < 0 ? tau_ : fine_interval(tokens, limit_.rate);
+  }
+  double max_debt() const noexcept { return max_debt_ < 0 ? limit_.capacity : max_debt_; }
 
   /// Refunds `estimate - actual` or charges `actual - estimate` (see charge).
   bool settle(fine_t now, double estimate, double actual) noexcept {
@@ -285,8 +316,10 @@ class alignas(64) BucketCore {
   void limit_remaining(fine_t now, double remaining) noexcept {
     now = observe(now);
     if (remaining >= limit_.capacity) return;
-    const fine_t floor = now - fine_interval(remaining, limit_.rate);
-    if (tat_ < floor) tat_ = floor;
+    const fine_t floor = now - fine_interval(remaining, limit_.rate) + queued_;
+    if (tat_ >= floor) return;
+    tat_ = floor;
+    expire_overdue(finished_);
   }
 
   /// Returns `cost` to the bucket, never above capacity; waiters move up.
@@ -311,13 +344,13 @@ class alignas(64) BucketCore {
   /// True when the bucket is indistinguishable from a new full one at `now`.
   bool is_fresh(fine_t now) noexcept {
     now = observe(now);
-    return pending_.empty() && ready_.empty() && now >= paused_until_ && now - tat_ >= tau_;
+    return idle() && now >= paused_until_ && now - tat_ >= tau_;
   }
 
   std::size_t waiters() const noexcept { return pending_.size(); }
 
   /// True when no waiter is queued or granted-but-not-completed.
-  bool idle() const noexcept { return pending_.empty() && ready_.empty(); }
+  bool idle() const noexcept { return pending_.empty() && ready_.empty() && finished_.empty(); }
 
   /// Replaces the paid-up-to instant (moving a bucket's state between
   /// representations). Only when idle.
@@ -367,7 +400,10 @@ class alignas(64) BucketCore {
   }
 
   /// Every pending and ready waiter, finished as `cancelled` (bucket teardown).
-  void cancel_all(WaiterList& finished) noexcept { detail::cancel_all(pending_, ready_, finished); }
+  void cancel_all(WaiterList& finished) noexcept {
+    detail::cancel_all(pending_, ready_, finished);
+    finished.splice_back(finished_);
+  }
 
   // Introspection for tests and invariants.
   fine_t tat() const noexcept { return tat_; }
@@ -390,7 +426,7 @@ class alignas(64) BucketCore {
     fine_t base = tat_;
     if (base < now - tau_) base = now - tau_;
     const fine_t end = base + iv;
-    if (end <= now && pending_.empty()) {
+    if (end <= now + last_slack_ && pending_.empty()) {
       tat_ = end;
       return AcquireResult::acquired();
     }
@@ -404,6 +440,25 @@ class alignas(64) BucketCore {
     fine_per_unit_ = 1e9 * fine_per_ns_d / limit.rate;
     tau_ = fine_interval(limit.capacity, limit.rate);
     last_cost_ = std::numeric_limits<double>::quiet_NaN();  // invalidates the cache: NaN equals no cost
+    set_max_debt(max_debt_);
+  }
+
+  // After the queue moved later (a pause, a charge, a lower remaining count):
+  // every pending waiter whose due instant now passes its deadline leaves
+  // the queue `timed_out` (later waiters move up, in token terms).
+  void expire_overdue(WaiterList& finished) noexcept {
+    fine_t due = tat_ - queued_;
+    for (Waiter* w = pending_.front(); w;) {
+      Waiter* next = w->next;
+      due += w->interval;
+      if (std::max(due, paused_until_) > w->deadline) {
+        due -= w->interval;
+        tat_ -= w->interval;
+        queued_ -= w->interval;
+        finish_overdue(pending_, *w, finished);
+      }
+      w = next;
+    }
   }
 
   /// Moves `tat_` back by `iv`, keeping the unreserved level <= capacity.
@@ -426,10 +481,14 @@ class alignas(64) BucketCore {
   // Second line: the interval cache, the limit, the queue head.
   fine_t last_interval_ = 0;  // one-entry cache for interval()
   double last_cost_ = std::numeric_limits<double>::quiet_NaN();  // never a valid cost: equal to none
-  Limit limit_;
-  WaiterList pending_;  // queued, not yet due, FIFO
+  std::int64_t last_slack_ = 0;  // the cached cost's rounding allowance
+  WaiterList pending_;           // queued, not yet due, FIFO
   // Cold.
+  Limit limit_;
   fine_t queued_ = 0;         // sum of the pending waiters' intervals
+  double max_debt_ = -1;      // the most debt a charge may leave (< 0: one capacity)
+  fine_t max_debt_iv_ = 0;    // ... as refill time
+  WaiterList finished_;       // finished by the core itself, to be completed
   fine_t horizon_ = fine_from_ns(std::int64_t{1} << 62);
   double fine_per_unit_ = 0;  // fine units of refill time per cost unit
   WaiterList ready_;          // granted, not yet completed, FIFO

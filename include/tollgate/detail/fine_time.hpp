@@ -75,6 +75,29 @@ inline fine_t fine_interval(double cost, double rate) noexcept {
   return ceil_fine(static_cast<long double>(cost) * fine_per_second / static_cast<long double>(rate));
 }
 
+/// How far past `now` an admission of `cost` may end and still be granted at
+/// `now`, in fine units: the rounding allowance.
+///
+/// Every refill interval is rounded up to a whole fine unit, so the intervals
+/// of n costs that add up to the capacity can add up to a little more than
+/// the full bucket's `tau` (by up to n units, plus long double's relative
+/// 2^-64 in `tau` itself): without an allowance, `Limit::per_second(3)` would
+/// admit two units of cost 1 at one instant instead of three. The allowance
+/// covers twice ceil(capacity / cost) rounded intervals and `tau`'s own
+/// rounding, and is capped at tau / 2^24 (+16): whatever the costs, an
+/// allowance admits at most capacity * 2^-24 of a token beyond
+/// `capacity + rate * t` in any window, once (it does not accumulate: the
+/// state is an absolute instant). With unit costs it is 2 * capacity + 2
+/// units of 2^-32 ns: far below one nanosecond's refill at any rate.
+inline fine_t admission_slack(double cost, double capacity, fine_t tau) noexcept {
+  const fine_t cap = (tau >> 24) + 16;
+  if (!(cost > 0)) return 0;  // a zero cost takes no time
+  const double n = capacity / cost;
+  if (!(n < 1e30)) return cap;
+  const fine_t want = 2 * ceil_fine(n) + (tau >> 60) + 2;
+  return want < cap ? want : cap;
+}
+
 /// Rounds a finite double down to a whole fine unit (any sign).
 inline fine_t floor_fine(double x) noexcept {
   if (x > -9.2233720368547758e18 && x < 9.2233720368547758e18) {

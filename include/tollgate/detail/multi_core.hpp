@@ -127,12 +127,11 @@ class MultiCore {
     now = observe(now);
     std::array<fine_t, max_dimensions> iv;
     intervals(c, iv);
-    const fine_t g = newcomer_due(now, iv);
-    if (g == now && pending_.empty()) {
+    if (grantable_now(now, iv)) {
       commit_now(now, iv);
       return AcquireResult::acquired();
     }
-    return AcquireResult::not_now(to_ns_ceil(g - now));
+    return AcquireResult::not_now(to_ns_ceil(newcomer_due(now, iv) - now));
   }
 
   /// Takes `c` if try_acquire would; false otherwise (then admit decides).
@@ -145,11 +144,11 @@ class MultiCore {
       return {chk};
     now = observe(now);
     intervals(w.costs, w.iv);
-    const fine_t g = newcomer_due(now, w.iv);
-    if (g == now && pending_.empty()) {
+    if (grantable_now(now, w.iv)) {
       commit_now(now, w.iv);
       return {AcquireResult::acquired()};
     }
+    const fine_t g = newcomer_due(now, w.iv);
     if (g - now > max_wait) return {AcquireResult::not_now(to_ns_ceil(g - now))};
     if (g > horizon_) return {AcquireResult::failed(Status::invalid, Reason::wait_overflows_clock)};
     w.deadline = max_wait >= fine_max - now ? fine_max : now + max_wait;
@@ -191,10 +190,15 @@ class MultiCore {
     return Removal::not_queued;
   }
 
-  void take_ready(WaiterList& out) noexcept { detail::take_ready(ready_, out); }
+  /// Moves the granted waiters, and those the core finished on its own (a
+  /// re-timing pushed them past their deadline), to `out`.
+  void take_ready(WaiterList& out) noexcept {
+    detail::take_ready(ready_, out);
+    out.splice_back(finished_);
+  }
 
   fine_t next_wake() const noexcept {
-    if (!ready_.empty()) return last_now_;
+    if (!ready_.empty() || !finished_.empty()) return last_now_;
     if (const auto* w = head()) return due(floor_, starts_view(), w->iv);
     return fine_max;
   }
@@ -225,25 +229,45 @@ class MultiCore {
     return settle(now, none, c);
   }
 
-  /// Per dimension: refunds `estimate - actual` or charges `actual - estimate`.
+  /// Per dimension: refunds `estimate - actual` or charges `actual - estimate`,
+  /// leaving at most the dimension's `max_debt` of debt (see set_max_debt).
   /// False (changing nothing) when a debt would pass the clock's range.
   bool settle(fine_t now, const Costs& estimate, const Costs& actual) noexcept {
     now = observe(now);
-    std::array<fine_t, max_dimensions> debt{};
+    std::array<fine_t, max_dimensions> end{};
+    bool later = false;
     for (std::size_t d = 0; d < n_; ++d) {
       if (!(actual[d] > estimate[d])) continue;
-      debt[d] = fine_interval(actual[d] - estimate[d], dims_[d].limit.rate);
-      const fine_t base = std::max(dims_[d].start, now - dims_[d].tau);
-      if (debt[d] > horizon_ || base > horizon_ - debt[d]) return false;
+      const Dim& x = dims_[d];
+      const fine_t iv = fine_interval(actual[d] - estimate[d], x.limit.rate);  // saturates: finite input
+      const fine_t base = std::max(x.start, now - x.tau);
+      end[d] = now + x.max_debt_iv;  // the most debt allowed
+      if (iv < end[d] - base) end[d] = base + iv;
+      if (end[d] <= base) continue;  // already at (or past) the most debt allowed
+      if (end[d] > horizon_) return false;
+      later = true;
     }
     for (std::size_t d = 0; d < n_; ++d) {
       Dim& x = dims_[d];
-      if (debt[d] > 0) x.start = std::max(x.start, now - x.tau) + debt[d];
-      else if (actual[d] < estimate[d])
+      if (actual[d] > estimate[d]) {
+        if (end[d] > std::max(x.start, now - x.tau)) x.start = end[d];
+      } else if (actual[d] < estimate[d]) {
         give_back(now, d, fine_interval(std::min(estimate[d] - actual[d], x.limit.capacity), x.limit.rate));
+      }
     }
-    changed(now);
+    changed(now, later);
     return true;
+  }
+
+  /// The most debt a charge or settle may leave in dimension d, in tokens;
+  /// negative: one capacity (the default, following the capacity).
+  void set_max_debt(std::size_t d, double tokens) noexcept {
+    Dim& x = dims_[d];
+    x.max_debt = tokens;
+    x.max_debt_iv = tokens < 0 ? x.tau : fine_interval(tokens, x.limit.rate);
+  }
+  double max_debt(std::size_t d) const noexcept {
+    return dims_[d].max_debt < 0 ? dims_[d].limit.capacity : dims_[d].max_debt;
   }
 
   /// Lowers dimension d's unreserved tokens to at most `remaining`; never raises them.
@@ -251,8 +275,10 @@ class MultiCore {
     now = observe(now);
     Dim& x = dims_[d];
     if (remaining >= x.limit.capacity) return;
-    x.start = std::max(x.start, now - fine_interval(remaining, x.limit.rate));
-    changed(now);
+    const fine_t floor = now - fine_interval(remaining, x.limit.rate);
+    if (x.start >= floor) return;
+    x.start = floor;
+    changed(now, true);
   }
 
   /// Unreserved tokens of dimension d at `now` (0 while paused or while
@@ -279,9 +305,12 @@ class MultiCore {
     observe(now);
   }
 
-  bool idle() const noexcept { return pending_.empty() && ready_.empty(); }
+  bool idle() const noexcept { return pending_.empty() && ready_.empty() && finished_.empty(); }
   std::size_t waiters() const noexcept { return pending_.size(); }
-  void cancel_all(WaiterList& finished) noexcept { detail::cancel_all(pending_, ready_, finished); }
+  void cancel_all(WaiterList& finished) noexcept {
+    detail::cancel_all(pending_, ready_, finished);
+    finished.splice_back(finished_);
+  }
 
   /// True when every dimension is full, nothing is paused and nobody waits.
   bool is_fresh(fine_t now) noexcept {
@@ -300,6 +329,9 @@ class MultiCore {
     double fine_per_unit = 0;
     double last_cost = -1;   // one-entry interval cache
     fine_t last_iv = 0;
+    fine_t last_slack = 0;   // ... and the cost's rounding allowance
+    double max_debt = -1;    // the most debt a charge may leave (< 0: one capacity)
+    fine_t max_debt_iv = 0;  // ... as refill time
   };
 
   void apply(std::size_t d, const Limit& limit) noexcept {
@@ -308,6 +340,7 @@ class MultiCore {
     x.fine_per_unit = 1e9 * fine_per_ns_d / limit.rate;
     x.tau = fine_interval(limit.capacity, limit.rate);
     x.last_cost = -1;
+    set_max_debt(d, x.max_debt);
   }
 
   fine_t interval(std::size_t d, double cost) noexcept {
@@ -315,12 +348,25 @@ class MultiCore {
     if (cost != x.last_cost) {
       x.last_cost = cost;
       x.last_iv = fine_interval(cost, x.limit.rate);
+      x.last_slack = admission_slack(cost, x.limit.capacity, x.tau);
     }
     return x.last_iv;
   }
 
+  // Fills `iv` with the refill times of `c` (and each dimension's cache
+  // with its cost's rounding allowance).
   void intervals(const Costs& c, std::array<fine_t, max_dimensions>& iv) noexcept {
     for (std::size_t d = 0; d < n_; ++d) iv[d] = interval(d, c[d]);
+  }
+
+  // True when a newcomer whose refill times `intervals` just computed can be
+  // granted at `now`: nobody queued, no pause, and every dimension has the
+  // tokens, within its rounding allowance.
+  bool grantable_now(fine_t now, const std::array<fine_t, max_dimensions>& iv) const noexcept {
+    if (!pending_.empty() || now < paused_until_ || now < floor_) return false;
+    for (std::size_t d = 0; d < n_; ++d)
+      if (dims_[d].start + iv[d] > now + dims_[d].last_slack) return false;
+    return true;
   }
 
   MultiWaiter* head() const noexcept { return static_cast<MultiWaiter*>(pending_.front()); }
@@ -375,17 +421,21 @@ class MultiCore {
     return due(std::max(tail_due_, now), tail_end_, iv);
   }
 
+  // Waiters the re-timing finishes (timed out) are kept for take_ready:
+  // whoever holds the lock completes them after releasing it.
   void refresh_tail() noexcept {
-    if (!stale_) return;
-    WaiterList none;
-    retime(n_, none);
+    if (stale_) retime(n_, finished_);
   }
 
   // Something moved the queue: grants from now on happen at `now` or later,
-  // and the tail prediction must be recomputed.
-  void changed(fine_t now) noexcept {
+  // and the tail prediction must be recomputed. When waiters may have moved
+  // `later` (a debt, a lower remaining count), the queue is re-timed at once
+  // so that a waiter pushed past its deadline finishes now, not at its due
+  // instant; moves earlier (a refund, a waiter leaving) re-time lazily.
+  void changed(fine_t now, bool later = false) noexcept {
     floor_ = std::max(floor_, now);
     stale_ = true;
+    if (later && !pending_.empty()) retime(n_, finished_);
     observe(now);
   }
 
@@ -451,6 +501,7 @@ class MultiCore {
   bool stale_ = false;
   WaiterList pending_;
   WaiterList ready_;
+  WaiterList finished_;  // finished by the core itself (timed out), to be completed
 };
 
 }  // namespace tollgate::detail

@@ -105,8 +105,26 @@ inline void cancel_all(WaiterList& pending, WaiterList& ready, WaiterList& finis
 }
 
 /// Completes every node of `list` (outside any lock), in FIFO order.
+///
+/// A completion may resume a coroutine that, before it suspends again, makes
+/// more waiters due (it releases a permit, refunds, starts another acquire),
+/// whose completion would resume the next coroutine inside the first, and so
+/// on: a million waiters would nest a million frames deep. So completions
+/// never nest: while one thread is completing, the lists it meets again are
+/// appended to the one it is running, and the outermost call runs them all in
+/// a loop. A coroutine resumed from here therefore sees the waiters it made
+/// due resume after it suspends or returns, not inside its call.
 inline void complete_all(WaiterList& list) noexcept {
-  while (Waiter* w = list.pop_front()) w->complete();
+  thread_local WaiterList* running = nullptr;
+  if (running) {
+    running->splice_back(list);
+    return;
+  }
+  WaiterList mine;
+  mine.splice_back(list);
+  running = &mine;
+  while (Waiter* w = mine.pop_front()) w->complete();
+  running = nullptr;
 }
 
 }  // namespace tollgate::detail

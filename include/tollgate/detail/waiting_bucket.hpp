@@ -121,7 +121,10 @@ class WaitingBucket {
   ///     if (!permit) co_return reply_429(permit.result());
   ///     auto response = co_await call_llm(...);
   ///     permit.settle(response.usage);
-  class Permit {
+  ///
+  /// An unsettled permit counts as a user of its bucket: a BucketRegistry
+  /// does not evict (or fold away) a key's bucket while one exists.
+  class [[nodiscard]] Permit {
    public:
     /// An empty permit (`result()` is `invalid`); `settle` throws.
     Permit() = default;
@@ -129,17 +132,22 @@ class WaitingBucket {
     /// `result` is a failure, holds just that failure).
     Permit(WaitingBucket& bucket, const cost_type& estimate,
            AcquireResult result = AcquireResult::acquired()) noexcept
-        : bucket_(result.ok() ? &bucket : nullptr), estimate_(estimate), result_(result) {}
+        : bucket_(result.ok() ? &bucket : nullptr), estimate_(estimate), result_(result) {
+      if (bucket_) bucket_->permits_.fetch_add(1, std::memory_order_relaxed);
+    }
     Permit(Permit&& o) noexcept
         : bucket_(std::exchange(o.bucket_, nullptr)), estimate_(o.estimate_), result_(o.result_) {}
     Permit& operator=(Permit&& o) noexcept {
-      bucket_ = std::exchange(o.bucket_, nullptr);
-      estimate_ = o.estimate_;
-      result_ = o.result_;
+      if (this != &o) {
+        unpin(std::exchange(bucket_, std::exchange(o.bucket_, nullptr)));
+        estimate_ = o.estimate_;
+        result_ = o.result_;
+      }
       return *this;
     }
     Permit(const Permit&) = delete;
     Permit& operator=(const Permit&) = delete;
+    ~Permit() { unpin(bucket_); }
 
     /// True when the estimate was taken.
     explicit operator bool() const noexcept { return result_.ok(); }
@@ -159,7 +167,12 @@ class WaitingBucket {
         throw std::logic_error(result_.ok() ? "Permit::settle: already settled"
                                             : "Permit::settle: the acquisition failed; nothing to settle");
       Core::check_amount("Permit::settle", "actual", actual, &estimate_);
-      std::exchange(bucket_, nullptr)->settle(estimate_, actual);
+      WaitingBucket* b = std::exchange(bucket_, nullptr);
+      struct Unpin {
+        WaitingBucket* b;
+        ~Unpin() { unpin(b); }
+      } unpin_after{b};  // the last touch of the bucket, even if settle throws
+      b->settle(estimate_, actual);
     }
 
     /// Gives the whole estimate back (the call was never made): `settle` at
@@ -168,6 +181,9 @@ class WaitingBucket {
     void release() { settle(Core::zero_like(estimate_)); }
 
    private:
+    static void unpin(WaitingBucket* b) noexcept {
+      if (b) b->permits_.fetch_sub(1, std::memory_order_release);
+    }
     WaitingBucket* bucket_ = nullptr;
     cost_type estimate_{};
     AcquireResult result_{};
@@ -175,9 +191,12 @@ class WaitingBucket {
 
   class PermitOperation;
 
+  /// True while an unsettled Permit refers to this bucket.
+  bool has_permits() const noexcept { return permits_.load(std::memory_order_acquire) != 0; }
+
   /// The awaitable returned by `acquire` and `acquire_for`. It carries the
   /// queue node itself (built only if it has to wait): waiting allocates nothing.
-  class AcquireOperation {
+  class [[nodiscard]] AcquireOperation {
    public:
     AcquireOperation(const AcquireOperation&) = delete;
     AcquireOperation& operator=(const AcquireOperation&) = delete;
@@ -289,7 +308,7 @@ class WaitingBucket {
 
   /// The awaitable returned by `acquire_permit`: an AcquireOperation whose
   /// `co_await` yields a Permit.
-  class PermitOperation {
+  class [[nodiscard]] PermitOperation {
    public:
     bool await_ready() noexcept { return op_.await_ready(); }
     bool await_suspend(std::coroutine_handle<> h) { return op_.await_suspend(h); }
@@ -538,6 +557,7 @@ class WaitingBucket {
   mutable Core core_;  // mutable: reads also advance "latest time seen"
   TimerNode<Clock> timer_;
   fine_t armed_at_ = fine_max;
+  std::atomic<std::uint32_t> permits_{0};  // unsettled Permits on this bucket
 };
 
 }  // namespace tollgate::detail
