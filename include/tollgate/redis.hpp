@@ -46,6 +46,9 @@ enum class OnFailure : std::uint8_t {
   local_fallback,  ///< decide with an in-process LimitSet at `fallback_share` of each limit
 };
 
+/// What a RedisLimitSet reads when its key is missing (see RedisLimitOptions).
+enum class MissingKey : std::uint8_t { full, empty };
+
 /// How a RedisLimitSet behaves beyond its limits.
 struct RedisLimitOptions {
   OnFailure on_failure = OnFailure::fail_closed;
@@ -58,6 +61,17 @@ struct RedisLimitOptions {
   /// `lease_lifetime`; what is left is handed back on the next round trip.
   Costs lease{};
   std::chrono::milliseconds lease_lifetime{1000};
+  /// The most debt a charge (or a settle's overrun) may leave per dimension,
+  /// in tokens; empty: one capacity each (as LimitSet::set_max_debt).
+  Costs max_debt{};
+  /// What a missing key means. `full` (the default): a fresh set, and keys
+  /// expire once full again, so idle sets cost nothing; but state lost by a
+  /// FLUSHALL, a restart without persistence or a failover to a replica that
+  /// lacks the key then reads as a full bucket: one extra burst per loss.
+  /// `empty`: a missing key reads as empty at the current server time (under-
+  /// rather than over-admission after a loss), and keys never expire (delete
+  /// a retired set's key yourself).
+  MissingKey missing_key = MissingKey::full;
   /// Tests and replays only: the instant (ns since the Unix epoch) every call
   /// sends instead of letting the script read the server's TIME. Keys then
   /// expire no sooner than 10 minutes (expiry runs on the server's clock).
@@ -233,11 +247,17 @@ class RedisLimitSet {
   }
 
   /// Takes `costs` even where they are not there: a debt for usage already
-  /// spent upstream, delaying every later acquisition. Returns false when
+  /// spent upstream, delaying every later acquisition; at most
+  /// `RedisLimitOptions::max_debt` of it per dimension. Returns false when
   /// Redis failed (or the debt would pass 2^52 ns); with a local fallback the
   /// debt is charged there then.
   bool charge(const Costs& costs) {
-    const Reply r = amounts_call("charge", "RedisLimitSet::charge", costs);
+    Request q;
+    check_amounts("RedisLimitSet::charge", costs, q);
+    auto args = header("charge");
+    append(args, q.iv);
+    append(args, max_debt_ns_);
+    const Reply r = connection_.script(key_, std::move(args));
     if (!r || r.values.empty()) {
       if (fallback_) fallback_->charge(costs);
       return false;
@@ -316,6 +336,7 @@ class RedisLimitSet {
  private:
   using ns_array = std::array<std::int64_t, max_dimensions>;
   static constexpr std::int64_t max_tau_ns = std::int64_t{1} << 51;
+  static constexpr std::int64_t max_debt_limit_ns = std::int64_t{1} << 52;
 
   struct Request {
     Costs costs;
@@ -482,6 +503,7 @@ class RedisLimitSet {
       if (stopped && !d) d = {AcquireResult::failed(Status::cancelled, Reason::stop_requested)};
       return op.finish(d);
     }
+    store_answered();
     if (r.values[0] != 0) {  // refused: the wait would exceed max_wait
       if (stopped) return op.finish({AcquireResult::failed(Status::cancelled, Reason::stop_requested)});
       return op.finish(decode(r));
@@ -599,18 +621,22 @@ class RedisLimitSet {
     }
     args.push_back(std::to_string(dims_.size()));
     for (std::size_t d = 0; d < dims_.size(); ++d) args.push_back(std::to_string(tau_[d]));
+    args.emplace_back(options_.missing_key == MissingKey::empty ? "E" : "");
     return args;
   }
   void append(std::vector<std::string>& args, const ns_array& v) const {
     for (std::size_t d = 0; d < dims_.size(); ++d) args.push_back(std::to_string(v[d]));
   }
 
-  static std::int64_t ceil_ns(double cost, double rate) noexcept {
-    return static_cast<std::int64_t>(std::ceil(cost * 1e9 / rate));
+  // Refill times in whole ns, saturating at 2^62 (callers cap them lower):
+  // an absurd cost never converts an out-of-range double to an integer.
+  static std::int64_t saturate_ns(double ns) noexcept {
+    constexpr double top = 4611686018427387904.0;  // 2^62
+    if (!(ns < top)) return std::int64_t{1} << 62;
+    return ns > 0 ? static_cast<std::int64_t>(ns) : 0;
   }
-  static std::int64_t floor_ns(double cost, double rate) noexcept {
-    return static_cast<std::int64_t>(std::floor(cost * 1e9 / rate));
-  }
+  static std::int64_t ceil_ns(double cost, double rate) noexcept { return saturate_ns(std::ceil(cost * 1e9 / rate)); }
+  static std::int64_t floor_ns(double cost, double rate) noexcept { return saturate_ns(std::floor(cost * 1e9 / rate)); }
   template <class Rep, class Period>
   static std::int64_t to_ns(std::chrono::duration<Rep, Period> d) {
     if (d <= std::chrono::duration<Rep, Period>::zero()) return 0;
@@ -654,7 +680,21 @@ class RedisLimitSet {
     q.costs = costs;
   }
 
-  Decision decode(const Reply& r) const {
+  // The local fallback decides: the first time after Redis answered, it
+  // starts empty (it cannot know what the other processes took meanwhile;
+  // starting full admitted a burst too many when Redis went away).
+  AcquireResult fallback_try(const Costs& costs) {
+    if (!in_fallback_.exchange(true, std::memory_order_acq_rel))
+      for (std::size_t d = 0; d < dims_.size(); ++d) fallback_->limit_remaining(d, 0);
+    return fallback_->try_acquire(costs);
+  }
+  // Redis answered: the next failure starts the fallback afresh (empty).
+  void store_answered() noexcept {
+    if (fallback_) in_fallback_.store(false, std::memory_order_relaxed);
+  }
+
+  Decision decode(const Reply& r) {
+    store_answered();
     const std::int64_t at = r.values[3] * 1'000'000'000 + r.values[4];
     if (r.values[0] == 0) return {AcquireResult::acquired(), at, Source::store};
     return {AcquireResult::not_now(std::chrono::nanoseconds(r.values[1])), at, Source::store};
@@ -668,9 +708,7 @@ class RedisLimitSet {
                                                         : Reason::store_unreachable;
     switch (options_.on_failure) {
       case OnFailure::fail_open: return {AcquireResult::acquired(), 0, Source::fail_open};
-      case OnFailure::local_fallback:
-        if (r.status != ReplyStatus::error) return {fallback_->try_acquire(costs), 0, Source::fallback};
-        break;
+      case OnFailure::local_fallback: return {fallback_try(costs), 0, Source::fallback};
       case OnFailure::fail_closed: break;
     }
     return {AcquireResult::failed(Status::unavailable, why), 0, Source::store};
@@ -760,6 +798,15 @@ class RedisLimitSet {
         throw std::invalid_argument(os.str());
       }
       tau_[d] = static_cast<std::int64_t>(tau);
+      if (options_.max_debt.size() != 0) {
+        if (options_.max_debt.size() != dims_.size())
+          throw std::invalid_argument("RedisLimitSet: max_debt has " + std::to_string(options_.max_debt.size()) +
+                                      " values for " + std::to_string(dims_.size()) + " dimensions");
+        tollgate::detail::BucketCore::check_amount("RedisLimitSet", "max_debt", options_.max_debt[d]);
+        max_debt_ns_[d] = std::min(ceil_ns(options_.max_debt[d], l.rate), max_debt_limit_ns);  // the script's range
+      } else {
+        max_debt_ns_[d] = tau_[d];
+      }
     }
   }
 
@@ -772,7 +819,9 @@ class RedisLimitSet {
   std::array<double, max_dimensions> capacity_{};  // what one acquisition may take (lowered by leasing)
   ns_array tau_{};                                 // refill time of a full dimension, ns
   ns_array lease_iv_{};
+  ns_array max_debt_ns_{};                         // the most debt a charge may leave, ns
   std::optional<LimitSet<Clock, std::mutex>> fallback_;
+  std::atomic<bool> in_fallback_{false};           // the fallback decided since Redis last answered
   std::mutex lease_mutex_;
   ns_array lease_left_{};
   time_point lease_expiry_{};

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include <tollgate/redis.hpp>
 
@@ -70,12 +71,21 @@ int main() {
         "server down: fail closed says unavailable, unreachable (" + r.message() + ")");
   redis::Decision d = closed.acquire_blocking({1}, std::chrono::milliseconds(50));
   check(d.result.status() == Status::unavailable, "server down: a waiting acquire returns too (" + d.result.message() + ")");
-  int local = 0;
+  // The fallback takes over empty (it cannot know what others took), then
+  // admits at its share's rate (25/s): never more, whatever the pace.
+  int local = 0, from_fallback = 0;
+  const auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < 30; ++i) {
     redis::Decision x = fallback.try_acquire_detailed({1});
-    if (x && x.source == redis::Source::fallback) ++local;
+    from_fallback += x.source == redis::Source::fallback;
+    local += bool(x);
   }
-  check(local == 25, "server down: the local fallback admits its 25% share (25 of 30): " + std::to_string(local));
+  double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  check(from_fallback == 30, "server down: the local fallback decides (" + std::to_string(from_fallback) + " of 30)");
+  check(local <= 25 * elapsed + 1, "server down: the fallback starts empty: " + std::to_string(local) + " admitted in " +
+                                       std::to_string(elapsed) + " s at 25/s");
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // >= 2.5 tokens at 25/s
+  check(bool(fallback.try_acquire_detailed({1})), "server down: the fallback admits at its share's rate");
 
   // 2. It comes back on the same port, empty (no persistence, no scripts).
   check(server("start", std::to_string(port)), "server restarted on the same port");
@@ -95,6 +105,45 @@ int main() {
   check(kill(pid, SIGCONT) == 0, "server thawed");
   d = closed.try_acquire_detailed({1});
   check(d && d.source == redis::Source::store, "server thawed: decided by Redis again");
+
+  // 4. State lost: FLUSHALL, then kill -9 and a restart without persistence.
+  // Capacity 10 refilling at 0.1/s, drained: with MissingKey::empty a lost
+  // key reads as empty (at most what accrued since, 0.1/s); with the default
+  // it reads as full, one extra burst (the documented trade-off).
+  const std::vector<tollgate::Dimension> slow = {{"requests", Limit{10, 0.1}}};
+  redis::RedisLimitOptions empty_options;
+  empty_options.missing_key = redis::MissingKey::empty;
+  redis::RedisLimitSet<> careful(conn, "faults:careful", slow, empty_options);
+  redis::RedisLimitSet<> plain(conn, "faults:plain", slow);
+  auto drain = [](redis::RedisLimitSet<>& s) {
+    int n = 0;
+    while (n < 100 && s.try_acquire(1.0).ok()) ++n;
+    return n;
+  };
+  auto lose_state = [&](const std::string& how) {
+    const auto start = std::chrono::steady_clock::now();
+    const int careful_before = drain(careful), plain_before = drain(plain);
+    if (how == "flushall") {
+      check(bool(conn.command({"FLUSHALL"})), "FLUSHALL");
+    } else {
+      const pid_t p = server_pid();
+      check(p > 0 && kill(p, SIGKILL) == 0, "server killed with SIGKILL");
+      for (int i = 0; i < 200 && kill(p, 0) == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      std::remove((dir + "/redis.pid").c_str());
+      check(server("start", std::to_string(port)), "server restarted after kill -9, empty");
+      (void)careful.try_acquire(0.0);  // reconnect
+    }
+    const int careful_after = drain(careful), plain_after = drain(plain);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    check(plain_before == 10, how + ": the default set drained from full (10)");
+    check(careful_before <= 0.1 * secs + 1, how + ": a new MissingKey::empty set starts empty: " + std::to_string(careful_before));
+    check(careful_after <= 0.1 * secs + 1,
+          how + ": MissingKey::empty admits no extra burst: " + std::to_string(careful_after) + " after the loss");
+    check(plain_after == 10, how + ": MissingKey::full reads the lost key as full: " + std::to_string(plain_after));
+    (void)conn.command({"DEL", "faults:careful", "faults:plain"});
+  };
+  lose_state("flushall");
+  lose_state("kill -9");
 
   server("stop");
   return tgredis::failures == 0 ? 0 : 1;

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <thread>
 #include <cstdlib>
+#include <limits>
 #include <optional>
 #include <random>
 #include <stdexcept>
@@ -408,8 +409,11 @@ TEST_CASE("a flushed script cache is loaded again (NOSCRIPT)") {
 TEST_CASE("a key busy for longer than 2^52 ns keeps exact time (the epoch moves)") {
   Rig rig("epoch");
   const std::vector<Dimension> dims = {{"quota", Limit{1, 0x1p-20}}};  // 12.1 days to refill (exact in binary)
-  auto remote = rig.make(dims);
+  auto options = rig.options();
+  options.max_debt = {10};  // room for the debts below
+  auto remote = rig.make(dims, options);
   LimitSet<ManualClock> local(dims, rig.clock);
+  local.set_max_debt(0, 10);
   REQUIRE(remote.try_acquire(1.0));
   REQUIRE(local.try_acquire({1}));
   auto charge = [&] {
@@ -440,6 +444,52 @@ TEST_CASE("a key holding something else is a store error, not a crash or a grant
   rig.sched.run_due();
   REQUIRE(got);
   CHECK(got->result.reason_code() == Reason::store_error);
+
+  // An error reply follows the failure policy, as a lost connection does.
+  auto open_options = rig.options();
+  open_options.on_failure = redis::OnFailure::fail_open;
+  auto open = rig.make({{"requests", Limit{3, 1}}}, open_options);
+  redis::Decision d = open.try_acquire_detailed({1});
+  CHECK(d.result.ok());
+  CHECK(d.source == redis::Source::fail_open);
+  auto fb_options = rig.options();
+  fb_options.on_failure = redis::OnFailure::local_fallback;
+  fb_options.fallback_share = 1;
+  auto fallback = rig.make({{"requests", Limit{3, 1}}}, fb_options);
+  d = fallback.try_acquire_detailed({1});
+  CHECK(d.source == redis::Source::fallback);
+  CHECK(d.result.status() == Status::not_now);  // the fallback starts empty, not full
+  rig.clock.advance(std::chrono::seconds(1));
+  d = fallback.try_acquire_detailed({1});
+  CHECK(d.source == redis::Source::fallback);
+  CHECK(d.result.ok());  // one second's worth at its share
+  CHECK(fallback.try_acquire_detailed({1}).result.status() == Status::not_now);
+}
+
+TEST_CASE("absurd usage: a charge adds at most max_debt, and never converts out of range") {
+  Rig rig("absurd");
+  const std::vector<Dimension> dims = {{"tokens", Limit{1000, 500}}};
+  auto remote = rig.make(dims);
+  LimitSet<ManualClock> local(dims, rig.clock);
+  const double actuals[] = {1e11, 4.7e12, 1e18, 1e300, std::numeric_limits<double>::max()};
+  for (double a : actuals) {
+    CAPTURE(a);
+    REQUIRE(remote.try_acquire(1000.0));
+    REQUIRE(local.try_acquire({1000}));
+    CHECK(remote.settle({0}, {a}));
+    local.settle({0}, {a});
+    const AcquireResult want = local.try_acquire({1});
+    const AcquireResult got = remote.try_acquire(1.0);
+    CHECK(want.retry_after() == std::chrono::milliseconds(2002));  // one capacity of debt (2 s), then 1 token
+    CHECK(got.status() == want.status());
+    CHECK(got.retry_after() == want.retry_after());
+    rig.clock.advance(std::chrono::seconds(10));  // full again
+  }
+  for (double bad : {std::numeric_limits<double>::quiet_NaN(), -1.0, std::numeric_limits<double>::infinity()}) {
+    CHECK_THROWS_AS(remote.settle({0}, {bad}), std::invalid_argument);
+    CHECK_THROWS_AS(remote.charge({bad}), std::invalid_argument);
+  }
+  CHECK((*remote.available())[0] == 1000);  // the refusals changed nothing
 }
 
 TEST_CASE("concurrent waits and stops from other threads: every operation completes exactly once") {

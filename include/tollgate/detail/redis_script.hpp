@@ -13,15 +13,19 @@
 //
 // The client turns costs into refill times (ns, rounded up) and sends the
 // refill time of a full dimension (tau), so the script is integer arithmetic
-// only. A missing hash is a full set; the hash expires when the set would be
-// full again, so idle keys cost nothing. (With an explicit "now", for tests
-// and replays, expiry still runs on the server's clock: such keys live at
-// least 10 minutes, so they cannot vanish between two calls of a test.)
+// only. By default a missing hash is a full set, and the hash expires when
+// the set would be full again, so idle keys cost nothing. (With an explicit
+// "now", for tests and replays, expiry still runs on the server's clock: such
+// keys live at least 10 minutes, so they cannot vanish between two calls of a
+// test.) With the flag "E" a missing hash is an empty set (state lost by a
+// FLUSHALL, a restart without persistence or a failover reads as "nothing
+// left", never as a fresh burst), and the hash never expires.
 //
 // KEYS[1] the hash. ARGV[1] the operation; ARGV[2], ARGV[3] "now" as seconds
 // and nanoseconds, or "" to use the server's TIME; ARGV[4] n; ARGV[5..4+n]
-// tau per dimension; then the operation's arguments. Replies are arrays of
-// integers: {code, wait_ns, dimension (0-based, -1 for none), e, instant, ...}.
+// tau per dimension; ARGV[5+n] flags; then the operation's arguments. Replies
+// are arrays of integers: {code, wait_ns, dimension (0-based, -1 for none),
+// e, instant, ...}.
 
 namespace tollgate::redis::detail {
 
@@ -40,10 +44,12 @@ for d = 1, n do
   tau[d] = tonumber(ARGV[4 + d])
   names[3 + d] = 't' .. d
 end
-local a = 5 + n
+local missing_empty = ARGV[5 + n] == 'E'
+local a = 6 + n
 local s = redis.call('HMGET', key, unpack(names))
 local e = tonumber(s[1])
-if e == nil then e = sec - 1 end
+local missing = e == nil
+if missing then e = sec - 1 end
 local now = (sec - e) * 1000000000 + nsec
 local shift = 0
 if now > 4503599627370496 then
@@ -59,7 +65,7 @@ local f = stored(s[2], now)
 local p = stored(s[3], now)
 local t = {}
 for d = 1, n do
-  t[d] = stored(s[3 + d], now - tau[d])
+  if missing and missing_empty then t[d] = now else t[d] = stored(s[3 + d], now - tau[d]) end
   if t[d] < now - tau[d] then t[d] = now - tau[d] end
 end
 local function args(i)
@@ -68,6 +74,16 @@ local function args(i)
   return v
 end
 local function save()
+  if missing_empty then
+    local kv = {'e', e, 'f', f, 'p', p}
+    for d = 1, n do
+      kv[#kv + 1] = 't' .. d
+      kv[#kv + 1] = t[d]
+    end
+    redis.call('HSET', key, unpack(kv))
+    redis.call('PERSIST', key)
+    return
+  end
   local ttl = 0
   if f - now > ttl then ttl = f - now end
   if p - now > ttl then ttl = p - now end
@@ -161,11 +177,15 @@ elseif op == 'refund' then
   for d = 1, n do r[5 + d] = credited[d] end
   return r
 elseif op == 'charge' then
-  local iv = args(a)
+  local iv, most = args(a), args(a + n)
+  local nt = {}
   for d = 1, n do
-    if t[d] + iv[d] - now > 4503599627370496 then return {1, 0, d - 1, e, now} end
+    nt[d] = t[d] + iv[d]
+    if nt[d] > now + most[d] then nt[d] = now + most[d] end  -- at most max_debt of debt
+    if nt[d] < t[d] then nt[d] = t[d] end
+    if nt[d] - now > 4503599627370496 then return {1, 0, d - 1, e, now} end
   end
-  for d = 1, n do t[d] = t[d] + iv[d] end
+  for d = 1, n do t[d] = nt[d] end
   save()
   return {0, 0, -1, e, now}
 elseif op == 'pause' then
