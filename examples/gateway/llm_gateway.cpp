@@ -2,28 +2,60 @@
 // on Boost.Beast and C++20 coroutines, that keeps the upstream at zero 429s.
 //
 //   llm_gateway --upstream https://api.example:443 [--upstream-ca cert.pem]
+//               [--upstream-key-file FILE]   (or TOLLGATE_UPSTREAM_KEY in the environment)
 //               [--listen 127.0.0.1:8080] [--port-file F] [--config FILE]
 //               [--rpm 500] [--tpm 30000] [--burst-seconds 60]
 //               [--tier NAME:RPM:TPM[:BURST_SECONDS]]... [--key KEY:TIER]...
 //               [--max-wait-ms 2000] [--default-max-tokens 256] [--adaptive]
-//               [--upstream-key SECRET]
+//               [--max-connections 512] [--header-timeout-ms 10000]
+//               [--body-timeout-ms 30000] [--max-header-bytes 16384]
+//               [--max-body-bytes 1048576] [--max-usage-tokens 1000000]
 //
 // A config file holds the same options, one per line without the dashes
 // ("tier free 60 6000", "key sk-alice free", "upstream http://127.0.0.1:9000";
-// '#' starts a comment). For POST /v1/chat/completions the gateway:
-//   1. identifies the client by `Authorization: Bearer <key>` (unknown: 401);
-//   2. estimates the cost {1 request, prompt tokens + max_tokens};
+// '#' starts a comment). The upstream key is never taken from the command
+// line (any local user can read a process's arguments).
+//
+// Deny by default: only the billed endpoints below are forwarded, only with
+// POST, only for a known client key, only to their canonical path, and
+// always metered; anything else is answered here and never forwarded.
+//
+//   /v1/chat/completions   prompt: messages;       output: max_completion_tokens | max_tokens
+//   /v1/completions        prompt: prompt;          output: max_tokens (16 if absent)
+//   /v1/responses          prompt: input, instructions; output: max_output_tokens
+//   /v1/embeddings         prompt: input;           output: none
+//
+// For such a request the gateway:
+//   1. reads the header only (bounded in size and time); a path that is not
+//      one of the above after normalization is 404, a query string 400, an
+//      unknown `Authorization: Bearer <key>` 401, and a key whose own limit
+//      cannot admit even one request within --max-wait-ms 429 -- all without
+//      reading or parsing the body (the connection is then closed);
+//   2. reads the body (bounded: 413 beyond --max-body-bytes) and estimates
+//      the cost {1 request, prompt tokens + output tokens};
 //   3. waits (up to --max-wait-ms, FIFO, without blocking the event loop) for
 //      the key's tier limits, then for the shared upstream limits; otherwise
 //      answers 429 with Retry-After and the IETF RateLimit fields;
-//   4. forwards the request upstream (HTTP or HTTPS), settles both limit sets
-//      from the response's `usage`, and feeds the upstream's status and
+//   4. forwards a fresh request (the canonical path, the body, the upstream's
+//      key; none of the client's headers) over HTTP or HTTPS, settles both
+//      limit sets from the response's `usage` (validated: non-negative
+//      integers up to --max-usage-tokens, else the estimate stands, as it
+//      does for a 200 without usage), and feeds the upstream's status and
 //      x-ratelimit-* headers back into the shared set (UpstreamFeedback);
-//   5. logs one line per request.
-// Other paths pass through unmetered. SIGINT/SIGTERM: stop accepting, answer
-// the requests in flight, exit 0.
+//   5. logs one JSON line per request, with a fingerprint of the key, never
+//      the key itself; internal errors go to the log, clients get a generic
+//      502.
+// Connections: at most --max-connections (more are closed at once), a header
+// must arrive within --header-timeout-ms of the previous answer (idle and
+// slow clients are cut), a body within --body-timeout-ms; oversized headers
+// get 431, malformed requests 400; `Connection: close` and HTTP/1.0 are
+// honoured. Running out of file descriptors pauses accepting briefly, never
+// for good. SIGINT/SIGTERM: stop accepting, answer the requests in flight,
+// exit 0.
 
+#include <cctype>
 #include <chrono>
+#include <cstdlib>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -33,6 +65,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include <tollgate/boost_asio.hpp>
@@ -67,7 +100,28 @@ struct Config {
   std::chrono::milliseconds max_wait = 2000ms;
   std::int64_t default_max_tokens = 256;
   bool adaptive = false;
+  std::size_t max_connections = 512;
+  std::chrono::milliseconds header_timeout = 10000ms, body_timeout = 30000ms;
+  std::uint32_t max_header_bytes = 16 * 1024;
+  std::uint64_t max_body_bytes = 1024 * 1024;
+  std::int64_t max_usage_tokens = 1'000'000;
 };
+
+std::string read_secret_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw std::invalid_argument("cannot read the upstream key file " + path);
+  std::string key;
+  std::getline(in, key);
+  while (!key.empty() && (key.back() == '\r' || key.back() == ' ')) key.pop_back();
+  if (key.empty()) throw std::invalid_argument("the upstream key file " + path + " is empty");
+  return key;
+}
+
+std::int64_t positive(const std::string& name, const std::string& value) {
+  const long long v = std::stoll(value);
+  if (v <= 0) throw std::invalid_argument(name + " must be > 0, got " + value);
+  return v;
+}
 
 std::vector<std::string> split(const std::string& s, char sep) {
   std::vector<std::string> out;
@@ -81,7 +135,16 @@ void apply_option(Config& c, const std::string& name, const std::string& value) 
   else if (name == "port-file") c.port_file = value;
   else if (name == "upstream") c.upstream = value;
   else if (name == "upstream-ca") c.upstream_ca = value;
-  else if (name == "upstream-key") c.upstream_key = value;
+  else if (name == "upstream-key")
+    throw std::invalid_argument("the upstream key is not taken from the command line or the config file: set "
+                                "TOLLGATE_UPSTREAM_KEY or give --upstream-key-file");
+  else if (name == "upstream-key-file") c.upstream_key = read_secret_file(value);
+  else if (name == "max-connections") c.max_connections = std::size_t(positive(name, value));
+  else if (name == "header-timeout-ms") c.header_timeout = std::chrono::milliseconds(positive(name, value));
+  else if (name == "body-timeout-ms") c.body_timeout = std::chrono::milliseconds(positive(name, value));
+  else if (name == "max-header-bytes") c.max_header_bytes = std::uint32_t(positive(name, value));
+  else if (name == "max-body-bytes") c.max_body_bytes = std::uint64_t(positive(name, value));
+  else if (name == "max-usage-tokens") c.max_usage_tokens = positive(name, value);
   else if (name == "rpm") c.rpm = std::stod(value);
   else if (name == "tpm") c.tpm = std::stod(value);
   else if (name == "burst-seconds") c.burst = std::stod(value);
@@ -143,6 +206,8 @@ Config parse_args(int argc, char** argv) {
     }
   }
   if (c.upstream.empty()) throw std::invalid_argument("--upstream is required");
+  if (c.upstream_key.empty())
+    if (const char* k = std::getenv("TOLLGATE_UPSTREAM_KEY"); k && *k) c.upstream_key = k;
   for (const auto& [key, tier] : c.keys)
     if (!c.tiers.count(tier)) throw std::invalid_argument("key " + key + " names an unknown tier " + tier);
   return c;
@@ -150,6 +215,72 @@ Config parse_args(int argc, char** argv) {
 
 std::vector<tollgate::Dimension> dims(double rpm, double tpm, double burst) {
   return {{"requests", Limit::per_minute(rpm, rpm / 60 * burst)}, {"tokens", Limit::per_minute(tpm, tpm / 60 * burst)}};
+}
+
+// A billed endpoint: its canonical path and how its body's cost is estimated.
+struct Endpoint {
+  const char* path;
+  std::int64_t (*input)(const json&);                // prompt tokens
+  std::int64_t (*output)(const json&, std::int64_t);  // output tokens, given the default max_tokens
+};
+
+std::int64_t text_tokens(const json& v) {  // a string, or an array of strings/messages
+  if (v.is_string()) return (std::int64_t(v.get_ref<const std::string&>().size()) + 3) / 4;
+  std::int64_t n = 0;
+  if (v.is_array())
+    for (const auto& e : v) n += e.is_object() && e.contains("content") ? 4 + text_tokens(e["content"]) : text_tokens(e);
+  return n;
+}
+std::int64_t field_tokens(const json& body, const char* name) { return body.contains(name) ? text_tokens(body[name]) : 0; }
+std::int64_t positive_field(const json& body, std::initializer_list<const char*> names, std::int64_t fallback) {
+  for (const char* k : names)
+    if (body.contains(k) && body[k].is_number_integer() && body[k].get<std::int64_t>() > 0) return body[k].get<std::int64_t>();
+  return fallback;
+}
+
+const Endpoint kEndpoints[] = {
+    {"/v1/chat/completions", [](const json& b) { return prompt_tokens(b); },
+     [](const json& b, std::int64_t d) { return max_tokens(b, d); }},
+    {"/v1/completions", [](const json& b) { return field_tokens(b, "prompt"); },
+     [](const json& b, std::int64_t) { return positive_field(b, {"max_tokens"}, 16); }},
+    {"/v1/responses", [](const json& b) { return field_tokens(b, "input") + field_tokens(b, "instructions"); },
+     [](const json& b, std::int64_t d) { return positive_field(b, {"max_output_tokens"}, d); }},
+    {"/v1/embeddings", [](const json& b) { return field_tokens(b, "input"); }, [](const json&, std::int64_t) {
+       return std::int64_t{0};
+     }},
+};
+
+// The canonical form of a request target's path: duplicate slashes and "."
+// segments removed, no trailing slash. Empty when it cannot be trusted (a
+// ".." segment, a percent-escape, a character outside the path alphabet).
+std::string canonical_path(std::string_view path) {
+  if (path.empty() || path[0] != '/') return {};
+  std::string out;
+  std::size_t i = 0;
+  while (i < path.size()) {
+    while (i < path.size() && path[i] == '/') ++i;
+    const std::size_t j = std::min(path.find('/', i), path.size());
+    const std::string_view seg = path.substr(i, j - i);
+    i = j;
+    if (seg.empty() || seg == ".") continue;
+    if (seg == "..") return {};
+    for (char ch : seg)
+      if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' || ch == '.')) return {};
+    out += '/';
+    out += seg;
+  }
+  return out.empty() ? "/" : out;
+}
+
+// A short, stable fingerprint of a client key for logs (FNV-1a, 32 bits):
+// enough to follow one key through the log, useless to replay it.
+std::string fingerprint(std::string_view key) {
+  if (key.empty()) return "-";
+  std::uint64_t h = 1469598103934665603ULL;
+  for (unsigned char ch : key) h = (h ^ ch) * 1099511628211ULL;
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "k-%08x", static_cast<unsigned>(h ^ (h >> 32)));
+  return buf;
 }
 
 class Gateway {
@@ -176,9 +307,7 @@ class Gateway {
 
   unsigned short port() const { return acceptor_.local_endpoint().port(); }
 
-  void start() {
-    net::co_spawn(io_, accept_loop(), net::detached);
-  }
+  void start() { net::co_spawn(io_, accept_loop(), net::detached); }
 
   // SIGINT/SIGTERM: no new connections; idle connections close; requests in
   // flight are answered, then their connections close.
@@ -195,6 +324,24 @@ class Gateway {
     beast::tcp_stream* stream;
     bool idle = true;
   };
+  // A refused request's body up to this size is read and dropped to keep
+  // the connection; a larger one is never read.
+  static constexpr std::uint64_t kDrainBytes = 16 * 1024;
+  // What the header alone decided: an answer now, or the key and endpoint.
+  struct Screened {
+    std::string key;
+    Set* set = nullptr;
+    const Endpoint* endpoint = nullptr;
+    std::string path;
+  };
+  // What a request's log line says besides the request itself.
+  struct Outcome {
+    std::string key = "-", path;
+    double estimate = 0, actual = 0;
+    std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now(), admitted{};
+    std::string note;
+    bool maybe_sent = false;  // the upstream exchange broke after the request was written
+  };
 
   static tollgate::UpstreamFeedback<>::Options feedback_options(bool adaptive) {
     tollgate::UpstreamFeedback<>::Options o;
@@ -202,10 +349,28 @@ class Gateway {
     return o;
   }
 
+  // Keeps accepting whatever happens: out of descriptors (EMFILE, ENFILE) or
+  // buffers, it logs, waits a little and tries again; over the connection
+  // cap it closes the new connection at once.
   net::awaitable<void> accept_loop() {
+    net::steady_timer backoff(io_);
     while (!stopping_) {
       auto [ec, socket] = co_await acceptor_.async_accept(net::as_tuple(net::use_awaitable));
-      if (ec) co_return;
+      if (stopping_ || ec == net::error::operation_aborted) co_return;
+      if (ec) {
+        log_event("accept_error", ec.message());
+        backoff.expires_after(100ms);
+        co_await backoff.async_wait(net::as_tuple(net::use_awaitable));
+        continue;
+      }
+      if (conns_.size() >= config_.max_connections) {
+        ++refused_connections_;
+        if ((refused_connections_ & (refused_connections_ - 1)) == 0)  // 1, 2, 4, ...: bounded log volume
+          log_event("connection_cap", "refused " + std::to_string(refused_connections_) + " connections so far");
+        beast::error_code ignored;
+        socket.close(ignored);
+        continue;
+      }
       net::co_spawn(io_, session(std::move(socket)), net::detached);
     }
   }
@@ -216,34 +381,93 @@ class Gateway {
     auto it = conns_.insert(conns_.end(), &conn);
     beast::flat_buffer buffer;
     while (!stopping_) {
-      Request req;
+      http::request_parser<http::string_body> parser;
+      parser.header_limit(config_.max_header_bytes);
+      parser.body_limit(config_.max_body_bytes);
       conn.idle = true;
-      auto [ec, n] = co_await http::async_read(stream, buffer, req, net::as_tuple(net::use_awaitable));
+      stream.expires_after(config_.header_timeout);  // idle, slow or partial headers are cut
+      auto [ec, n] = co_await http::async_read_header(stream, buffer, parser, net::as_tuple(net::use_awaitable));
       conn.idle = false;
-      if (ec) break;
-      Response res = co_await handle(std::move(req));
-      if (stopping_) res.keep_alive(false);
-      const bool keep = res.keep_alive();
+      if (ec) {
+        if (ec == http::error::header_limit) co_await reply_and_close(stream, plain(11, http::status::request_header_fields_too_large, "request header too large"));
+        else if (ec == http::error::body_limit)  // a declared Content-Length over the limit
+          co_await reply_and_close(stream, plain(11, http::status::payload_too_large, "request body too large"));
+        else if (ec.category() == beast::error_code(http::error::bad_target).category() && ec != http::error::end_of_stream &&
+                 ec != http::error::partial_message)
+          co_await reply_and_close(stream, plain(11, http::status::bad_request, "malformed request"));
+        break;
+      }
+      Outcome out;
+      auto screened = screen(parser.get(), out);
+      if (auto* early = std::get_if<Response>(&screened)) {
+        log(parser.get(), *early, out);
+        // A small body is read and dropped (never parsed) to keep the
+        // connection; a large or chunked one is not read: the connection closes.
+        const auto length = parser.content_length();
+        if (parser.chunked() || !length || *length > kDrainBytes) {
+          co_await reply_and_close(stream, std::move(*early));
+          break;
+        }
+        stream.expires_after(config_.body_timeout);
+        auto [dec, dn] = co_await http::async_read(stream, buffer, parser, net::as_tuple(net::use_awaitable));
+        if (dec) break;
+        early->keep_alive(parser.get().keep_alive() && !stopping_);
+        stream.expires_after(30s);
+        auto [wec, wn] = co_await http::async_write(stream, *early, net::as_tuple(net::use_awaitable));
+        if (wec || !early->keep_alive()) break;
+        continue;
+      }
+      stream.expires_after(config_.body_timeout);
+      auto [bec, bn] = co_await http::async_read(stream, buffer, parser, net::as_tuple(net::use_awaitable));
+      if (bec) {
+        Response res = bec == http::error::body_limit ? plain(parser.get().version(), http::status::payload_too_large, "request body too large")
+                                                      : plain(parser.get().version(), http::status::bad_request, "incomplete or malformed body");
+        out.note = bec.message();
+        log(parser.get(), res, out);
+        if (bec != beast::error::timeout) co_await reply_and_close(stream, std::move(res));
+        break;
+      }
+      Request req = parser.release();
+      const bool keep = req.keep_alive();
+      Response res;
+      std::string failure;
+      try {
+        res = co_await handle(req, std::get<Screened>(screened), out);
+      } catch (const std::exception& e) {
+        failure = e.what();
+      }
+      if (!failure.empty()) {
+        res = plain(req.version(), http::status::bad_gateway, "the gateway could not complete this request");
+        out.note = "internal_error: " + failure;
+      }
+      log(req, res, out);
+      res.keep_alive(keep && !stopping_);
+      stream.expires_after(30s);
       auto [wec, wn] = co_await http::async_write(stream, res, net::as_tuple(net::use_awaitable));
-      if (wec || !keep) break;
+      if (wec || !res.keep_alive()) break;
     }
     conns_.erase(it);
     beast::error_code ignored;
     stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
   }
 
-  static Response error(const Request& req, http::status s, const std::string& message, const char* type) {
-    Response res{s, req.version()};
+  net::awaitable<void> reply_and_close(beast::tcp_stream& stream, Response res) {
+    res.keep_alive(false);
+    stream.expires_after(5s);
+    co_await http::async_write(stream, res, net::as_tuple(net::use_awaitable));
+  }
+
+  static Response plain(unsigned version, http::status s, const std::string& message, const char* type = "invalid_request_error") {
+    Response res{s, version};
     res.set(http::field::content_type, "application/json");
-    res.keep_alive(req.keep_alive());
     res.body() = json{{"error", {{"message", message}, {"type", type}}}}.dump();
     res.prepare_payload();
     return res;
   }
 
   // A refusal of ours: 429 with Retry-After (rounded up) and the IETF fields.
-  static Response too_many(const Request& req, const Set& set, const AcquireResult& r, const char* who) {
-    Response res = error(req, http::status::too_many_requests, std::string(who) + ": " + set.message(r), "rate_limit_exceeded");
+  static Response too_many(unsigned version, const Set& set, const AcquireResult& r, const char* who) {
+    Response res = plain(version, http::status::too_many_requests, std::string(who) + ": " + set.message(r), "rate_limit_exceeded");
     res.set(http::field::retry_after, tollgate::retry_after_header(r.retry_after()));
     std::string policy, state;
     for (std::size_t i = 0; i < set.size(); ++i) {
@@ -255,54 +479,70 @@ class Gateway {
     return res;
   }
 
-  net::awaitable<Response> handle(Request req) {
-    const auto started = std::chrono::steady_clock::now();
-    const std::string target(req.target());
-    if (req.method() != http::verb::post || target != "/v1/chat/completions") {
-      Response res = co_await forward(req);
-      log("-", req, res, 0, 0, started, started);
-      co_return res;
+  // Everything decided from the header alone, before the body is read.
+  std::variant<Response, Screened> screen(const http::request_header<>& h, Outcome& out) {
+    const unsigned v = h.version();
+    const std::string_view target(h.target().data(), h.target().size());
+    const std::string_view path = target.substr(0, target.find('?'));
+    out.path = std::string(path);
+    if (path.size() != target.size()) return plain(v, http::status::bad_request, "query strings are not accepted");
+    const std::string canon = canonical_path(path);
+    const Endpoint* endpoint = nullptr;
+    for (const Endpoint& e : kEndpoints)
+      if (canon == e.path) endpoint = &e;
+    if (!endpoint) return plain(v, http::status::not_found, "no such endpoint on this gateway");
+    out.path = canon;
+    if (h.method() != http::verb::post) {
+      Response res = plain(v, http::status::method_not_allowed, "use POST");
+      res.set(http::field::allow, "POST");
+      return res;
     }
-    const std::string auth(req[http::field::authorization]);
-    const std::string key = auth.rfind("Bearer ", 0) == 0 ? auth.substr(7) : std::string();
+    const std::string_view auth(h[http::field::authorization].data(), h[http::field::authorization].size());
+    const std::string key = auth.rfind("Bearer ", 0) == 0 ? std::string(auth.substr(7)) : std::string();
+    out.key = fingerprint(key);
     auto found = keys_.find(key);
-    if (found == keys_.end()) {
-      Response res = error(req, http::status::unauthorized, "unknown API key", "invalid_api_key");
-      log(key, req, res, 0, 0, started, started);
-      co_return res;
-    }
+    if (found == keys_.end()) return plain(v, http::status::unauthorized, "unknown API key", "invalid_api_key");
     Set& mine = *found->second;
+    // Work before admission: a key that cannot have even one request within
+    // max_wait is refused before its body is read or parsed.
+    const AcquireResult probe = mine.try_acquire({1, 0});
+    if (probe) mine.refund({1, 0});
+    else if (probe.status() != tollgate::Status::not_now || probe.retry_after() > config_.max_wait)
+      return too_many(v, mine, probe, "your key's limit");
+    return Screened{key, &mine, endpoint, canon};
+  }
+
+  net::awaitable<Response> handle(const Request& req, const Screened& who, Outcome& out) {
+    const unsigned v = req.version();
+    Set& mine = *who.set;
     const json body = json::parse(req.body(), nullptr, false);
-    if (body.is_discarded() || !body.is_object()) {
-      Response res = error(req, http::status::bad_request, "the body is not a JSON object", "invalid_request_error");
-      log(key, req, res, 0, 0, started, started);
-      co_return res;
-    }
-    const double estimate_tokens = double(prompt_tokens(body) + max_tokens(body, config_.default_max_tokens));
+    if (body.is_discarded() || !body.is_object()) co_return plain(v, http::status::bad_request, "the body is not a JSON object");
+    const double estimate_tokens = double(who.endpoint->input(body) + who.endpoint->output(body, config_.default_max_tokens));
+    out.estimate = estimate_tokens;
     const Costs estimate{1, estimate_tokens};
 
     // The key's tier first, then the shared upstream: FIFO, on this event loop.
     const AcquireResult own = co_await tollgate::boost_asio::async_acquire(mine, estimate, config_.max_wait, net::use_awaitable);
     if (!own) {
-      Response res = own.status() == tollgate::Status::not_now
-                         ? too_many(req, mine, own, "your key's limit")
-                         : error(req, http::status::bad_request, mine.message(own), "invalid_request_error");
-      log(key, req, res, estimate_tokens, 0, started, started);
-      co_return res;
+      co_return own.status() == tollgate::Status::not_now ? too_many(v, mine, own, "your key's limit")
+                                                          : plain(v, http::status::bad_request, mine.message(own));
     }
-    const auto left = config_.max_wait - std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
+    const auto left = config_.max_wait - std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - out.started);
     const AcquireResult shared =
         co_await tollgate::boost_asio::async_acquire(upstream_, estimate, std::max(left, 0ms), net::use_awaitable);
     if (!shared) {
       mine.refund(estimate);  // nothing taken from the key when the upstream refuses
-      Response res = shared.status() == tollgate::Status::not_now
-                         ? too_many(req, upstream_, shared, "upstream capacity")
-                         : error(req, http::status::bad_request, upstream_.message(shared), "invalid_request_error");
-      log(key, req, res, estimate_tokens, 0, started, started);
-      co_return res;
+      co_return shared.status() == tollgate::Status::not_now ? too_many(v, upstream_, shared, "upstream capacity")
+                                                             : plain(v, http::status::bad_request, upstream_.message(shared));
     }
-    const auto admitted = std::chrono::steady_clock::now();
-    Response res = co_await forward(req);
+    out.admitted = std::chrono::steady_clock::now();
+    Response res;
+    try {
+      res = co_await forward(who.path, req.body(), v, out);
+    } catch (...) {
+      settle(mine, estimate, estimate_tokens, out);  // it may have reached the provider: keep the estimate
+      throw;
+    }
 
     // Feed the upstream's answer back, then settle both sets at the real usage.
     const auto header = [&res](std::string_view name) -> std::optional<std::string_view> {
@@ -312,79 +552,164 @@ class Gateway {
     };
     std::string code;
     const json answer = json::parse(res.body(), nullptr, false);
-    if (answer.is_object() && answer.contains("error") && answer["error"].is_object())
-      code = answer["error"].value("code", answer["error"].value("type", ""));
+    if (answer.is_object() && answer.contains("error") && answer["error"].is_object()) {
+      const json& e = answer["error"];
+      for (const char* k : {"code", "type"})
+        if (code.empty() && e.contains(k) && e[k].is_string()) code = e[k].get<std::string>();
+    }
     feedback_.on_response(static_cast<int>(res.result_int()), header, std::chrono::system_clock::now(), code);
-    // The request was sent (it counts); its tokens become the real usage
-    // (none when the upstream did not answer 200).
-    double actual_tokens = 0;
-    if (res.result() == http::status::ok && answer.is_object() && answer.contains("usage"))
-      actual_tokens = answer["usage"].value("total_tokens", estimate_tokens);
+    // The request was sent (it counts). A 200's tokens are its usage when the
+    // usage is believable, else the estimate; other answers cost no tokens.
+    double actual_tokens = out.maybe_sent ? estimate_tokens : 0;  // unknown: the estimate stands
+    if (res.result() == http::status::ok) {
+      const std::optional<double> used = usage_tokens(answer);
+      if (used) {
+        actual_tokens = *used;
+      } else {
+        actual_tokens = estimate_tokens;
+        out.note = answer.is_object() && answer.contains("usage") ? "usage_invalid: the estimate stands" : "usage_missing: the estimate stands";
+      }
+    }
+    settle(mine, estimate, actual_tokens, out);
+    co_return res;
+  }
+
+  void settle(Set& mine, const Costs& estimate, double actual_tokens, Outcome& out) {
+    out.actual = actual_tokens;
     const Costs actual{1, actual_tokens};
     mine.settle(estimate, actual);
     upstream_.settle(estimate, actual);
-    log(key, req, res, estimate_tokens, actual_tokens, started, admitted);
-    co_return res;
+  }
+
+  // The tokens an answer's `usage` reports (total_tokens, else prompt +
+  // completion or input + output), or nothing when absent or not
+  // believable: each value must be an integer in [0, --max-usage-tokens].
+  std::optional<double> usage_tokens(const json& answer) const {
+    if (!answer.is_object() || !answer.contains("usage") || !answer["usage"].is_object()) return std::nullopt;
+    const json& u = answer["usage"];
+    auto value = [&](const char* k) -> std::optional<std::int64_t> {
+      if (!u.contains(k)) return std::nullopt;
+      const json& x = u[k];
+      if (!x.is_number_integer()) return std::int64_t{-1};  // present but not an integer: invalid
+      if (x.is_number_unsigned() && x.get<std::uint64_t>() > std::uint64_t(config_.max_usage_tokens)) return std::int64_t{-1};
+      const std::int64_t n = x.get<std::int64_t>();
+      return n < 0 || n > config_.max_usage_tokens ? std::int64_t{-1} : n;
+    };
+    const auto total = value("total_tokens");
+    const auto in = value("prompt_tokens") ? value("prompt_tokens") : value("input_tokens");
+    const auto outp = value("completion_tokens") ? value("completion_tokens") : value("output_tokens");
+    for (const auto& x : {total, in, outp})
+      if (x && *x < 0) return std::nullopt;
+    if (total) return double(*total);
+    if (in || outp) {
+      const std::int64_t sum = in.value_or(0) + outp.value_or(0);
+      if (sum > config_.max_usage_tokens) return std::nullopt;
+      return double(sum);
+    }
+    return std::nullopt;
   }
 
   template <class Stream>
-  net::awaitable<Response> exchange(Stream& stream, Request& req) {
+  net::awaitable<std::optional<Response>> exchange(Stream& stream, Request& req, Outcome& out) {
     auto [wec, wn] = co_await http::async_write(stream, req, net::as_tuple(net::use_awaitable));
-    if (wec) co_return error(req, http::status::bad_gateway, "upstream write: " + wec.message(), "upstream_error");
+    out.maybe_sent = true;  // part of it may have reached the provider, which may bill it
+    if (wec) {
+      out.note = "upstream write: " + wec.message();
+      co_return std::nullopt;
+    }
     beast::flat_buffer buffer;
-    Response res;
-    auto [rec, rn] = co_await http::async_read(stream, buffer, res, net::as_tuple(net::use_awaitable));
-    if (rec) co_return error(req, http::status::bad_gateway, "upstream read: " + rec.message(), "upstream_error");
-    co_return res;
+    http::response_parser<http::string_body> parser;
+    parser.body_limit(64 * 1024 * 1024);
+    auto [rec, rn] = co_await http::async_read(stream, buffer, parser, net::as_tuple(net::use_awaitable));
+    if (rec) {
+      out.note = "upstream read: " + rec.message();
+      co_return std::nullopt;
+    }
+    out.maybe_sent = false;
+    co_return parser.release();
   }
 
-  // One connection per request to the upstream (HTTP or HTTPS).
-  net::awaitable<Response> forward(Request req) {
+  // A fresh request to the upstream (HTTP or HTTPS), one connection per
+  // request: the canonical path, the body, the upstream's own key. None of
+  // the client's headers travel (its key least of all). Failures answer a
+  // generic 502; the reason goes to the log.
+  net::awaitable<Response> forward(const std::string& path, const std::string& body, unsigned version, Outcome& out) {
     auto ex = co_await net::this_coro::executor;
+    Request req{http::verb::post, path, 11};
     req.set(http::field::host, url_.host);
-    req.keep_alive(false);
+    req.set(http::field::content_type, "application/json");
+    req.set(http::field::user_agent, "tollgate-llm-gateway");
     if (!config_.upstream_key.empty()) req.set(http::field::authorization, "Bearer " + config_.upstream_key);
+    req.body() = body;
+    req.keep_alive(false);
+    req.prepare_payload();
+    const Response unavailable = plain(version, http::status::bad_gateway, "the upstream could not be reached", "upstream_error");
     tcp::resolver resolver(ex);
     auto [rec, endpoints] = co_await resolver.async_resolve(url_.host, url_.port, net::as_tuple(net::use_awaitable));
-    if (rec) co_return error(req, http::status::bad_gateway, "upstream resolve: " + rec.message(), "upstream_error");
-    Response res;
+    if (rec) {
+      out.note = "upstream resolve: " + rec.message();
+      co_return unavailable;
+    }
+    std::optional<Response> res;
     if (url_.tls) {
       ssl::stream<beast::tcp_stream> stream(ex, *tls_);
       SSL_set_tlsext_host_name(stream.native_handle(), url_.host.c_str());
       stream.set_verify_callback(ssl::host_name_verification(url_.host));
       beast::get_lowest_layer(stream).expires_after(30s);
       auto [cec, ep] = co_await beast::get_lowest_layer(stream).async_connect(endpoints, net::as_tuple(net::use_awaitable));
-      if (cec) co_return error(req, http::status::bad_gateway, "upstream connect: " + cec.message(), "upstream_error");
+      if (cec) {
+        out.note = "upstream connect: " + cec.message();
+        co_return unavailable;
+      }
       auto [hec] = co_await stream.async_handshake(ssl::stream_base::client, net::as_tuple(net::use_awaitable));
-      if (hec) co_return error(req, http::status::bad_gateway, "upstream TLS: " + hec.message(), "upstream_error");
-      res = co_await exchange(stream, req);
+      if (hec) {
+        out.note = "upstream TLS: " + hec.message();
+        co_return unavailable;
+      }
+      res = co_await exchange(stream, req, out);
       auto [sec] = co_await stream.async_shutdown(net::as_tuple(net::use_awaitable));
       (void)sec;
     } else {
       beast::tcp_stream stream(ex);
       stream.expires_after(30s);
       auto [cec, ep] = co_await stream.async_connect(endpoints, net::as_tuple(net::use_awaitable));
-      if (cec) co_return error(req, http::status::bad_gateway, "upstream connect: " + cec.message(), "upstream_error");
-      res = co_await exchange(stream, req);
+      if (cec) {
+        out.note = "upstream connect: " + cec.message();
+        co_return unavailable;
+      }
+      res = co_await exchange(stream, req, out);
       beast::error_code ignored;
       stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
     }
-    res.keep_alive(true);
-    co_return res;
+    if (!res) co_return unavailable;
+    res->version(version);
+    co_return std::move(*res);
   }
 
-  // One line per request: key, method, path, status, estimated and actual
-  // tokens, the wait for the limits, the total time, and the admission
-  // instant (steady clock, ns; 0 when not admitted).
-  void log(const std::string& key, const Request& req, const Response& res, double estimate, double actual,
-           std::chrono::steady_clock::time_point started, std::chrono::steady_clock::time_point admitted) const {
+  // One JSON line per request: the key's fingerprint (never the key), the
+  // method and path, the status, estimated and actual tokens, the wait for
+  // the limits, the total time, the admission instant (steady clock, ns; 0
+  // when not admitted), and a note (why the estimate stood, what failed).
+  // JSON escapes whatever a client put in the path.
+  void log(const http::request_header<>& req, const Response& res, const Outcome& o) const {
     const auto now = std::chrono::steady_clock::now();
-    const double wait_ms = std::chrono::duration<double, std::milli>(admitted - started).count();
-    const double total_ms = std::chrono::duration<double, std::milli>(now - started).count();
-    std::printf("gateway key=%s %s %s status=%u est=%.0f actual=%.0f wait_ms=%.1f total_ms=%.1f admitted_ns=%lld\n",
-                key.empty() ? "-" : key.c_str(), std::string(req.method_string()).c_str(), std::string(req.target()).c_str(),
-                res.result_int(), estimate, actual, wait_ms, total_ms,
-                admitted == started ? 0LL : static_cast<long long>(admitted.time_since_epoch().count()));
+    const bool admitted = o.admitted != std::chrono::steady_clock::time_point{};
+    json line = {{"event", "request"},
+                 {"key", o.key},
+                 {"method", std::string(req.method_string())},
+                 {"path", o.path},
+                 {"status", res.result_int()},
+                 {"est", o.estimate},
+                 {"actual", o.actual},
+                 {"wait_ms", admitted ? std::chrono::duration<double, std::milli>(o.admitted - o.started).count() : 0.0},
+                 {"total_ms", std::chrono::duration<double, std::milli>(now - o.started).count()},
+                 {"admitted_ns", admitted ? static_cast<long long>(o.admitted.time_since_epoch().count()) : 0LL}};
+    if (!o.note.empty()) line["note"] = o.note;
+    std::printf("%s\n", line.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+    std::fflush(stdout);
+  }
+  void log_event(const char* event, const std::string& detail) const {
+    std::printf("%s\n", json{{"event", event}, {"detail", detail}}.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
     std::fflush(stdout);
   }
 
@@ -398,6 +723,7 @@ class Gateway {
   std::map<std::string, std::unique_ptr<Set>> keys_;
   tcp::acceptor acceptor_;
   std::list<Conn*> conns_;
+  std::uint64_t refused_connections_ = 0;
   bool stopping_ = false;
 };
 

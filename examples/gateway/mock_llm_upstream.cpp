@@ -2,21 +2,26 @@
 //
 //   mock_llm_upstream --listen 127.0.0.1:0 [--port-file F] [--rpm 600] [--tpm 60000]
 //                     [--burst-seconds 60] [--tls-dir DIR] [--latency-ms 20]
+//                     [--require-key-env VAR]   (the key a caller must present, from the environment)
 //
-// POST /v1/chat/completions is billed like a provider: prompt tokens (the
-// estimate in llm_common.hpp) plus max_tokens are taken from its token bucket
-// at admission, and the unused part of max_tokens is given back when the
-// answer is complete. Answers carry `usage` and OpenAI's x-ratelimit-*
-// headers; a request beyond either limit gets 429 with Retry-After and
-// retry-after-ms. GET /v1/models answers a model list (a pass-through path for
-// the gateway), GET /stats the mock's counters. With --tls-dir it serves
-// HTTPS with a self-signed certificate it writes to DIR/cert.pem.
+// POST /v1/chat/completions (and /v1/completions, /v1/responses,
+// /v1/embeddings) is billed like a provider: prompt tokens (the estimate in
+// llm_common.hpp) plus max_tokens are taken from its token bucket at
+// admission, and the unused part of max_tokens is given back when the answer
+// is complete. Answers carry `usage` and OpenAI's x-ratelimit-* headers; a
+// request beyond either limit gets 429 with Retry-After and retry-after-ms.
+// GET /v1/models answers a model list, GET /stats the mock's counters
+// (`received` counts every request on any path). For tests of a hostile
+// upstream, a request body's "mock_usage" is sent back verbatim as `usage`
+// (the string "omit": no usage at all). With --tls-dir it serves HTTPS with
+// a self-signed certificate it writes to DIR/cert.pem.
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -47,7 +52,8 @@ struct ProviderBucket {
 struct Mock {
   ProviderBucket requests, tokens;
   std::chrono::milliseconds latency;
-  long served = 0, refused = 0, bad = 0;
+  long served = 0, refused = 0, bad = 0, received = 0;
+  std::string required_key{};  // --require-key: billed paths answer 401 without "Authorization: Bearer <it>"
   long long next_id = 1;
 };
 
@@ -79,11 +85,16 @@ http::response<http::string_body> reply(const http::request<http::string_body>& 
 net::awaitable<http::response<http::string_body>> handle(Mock& m, const http::request<http::string_body>& req) {
   const std::string target(req.target());
   if (req.method() == http::verb::get && target == "/stats")
-    co_return reply(req, http::status::ok, json{{"served", m.served}, {"refused", m.refused}, {"bad", m.bad}});
+    co_return reply(req, http::status::ok, json{{"served", m.served}, {"refused", m.refused}, {"bad", m.bad}, {"received", m.received}});
+  ++m.received;
   if (req.method() == http::verb::get && target == "/v1/models")
     co_return reply(req, http::status::ok, json{{"object", "list"}, {"data", json::array({json{{"id", "mock-1"}, {"object", "model"}}})}});
-  if (req.method() != http::verb::post || target != "/v1/chat/completions")
+  const bool billed = target == "/v1/chat/completions" || target == "/v1/completions" || target == "/v1/responses" ||
+                      target == "/v1/embeddings";
+  if (req.method() != http::verb::post || !billed)
     co_return reply(req, http::status::not_found, json{{"error", {{"message", "no such path"}, {"type", "invalid_request_error"}}}});
+  if (!m.required_key.empty() && req[http::field::authorization] != "Bearer " + m.required_key)
+    co_return reply(req, http::status::unauthorized, json{{"error", {{"message", "bad key"}, {"type", "invalid_api_key"}}}});
   const json body = json::parse(req.body(), nullptr, false);
   if (body.is_discarded() || !body.is_object()) {
     ++m.bad;
@@ -115,17 +126,21 @@ net::awaitable<http::response<http::string_body>> handle(Mock& m, const http::re
   m.tokens.tokens = std::min(m.tokens.capacity, m.tokens.tokens + (most - completion));  // reconciled
   m.requests.refill(Clock::now());
   ++m.served;
-  auto res = reply(req, http::status::ok,
-                   json{{"id", "chatcmpl-" + std::to_string(m.next_id++)},
-                        {"object", "chat.completion"},
-                        {"model", body.value("model", "mock-1")},
-                        {"choices", json::array({json{{"index", 0},
-                                                      {"message", {{"role", "assistant"}, {"content", "ok"}}},
-                                                      {"finish_reason", "stop"}}})},
-                        {"usage",
-                         {{"prompt_tokens", std::int64_t(prompt)},
-                          {"completion_tokens", std::int64_t(completion)},
-                          {"total_tokens", std::int64_t(prompt + completion)}}}});
+  json answer = {{"id", "chatcmpl-" + std::to_string(m.next_id++)},
+                 {"object", "chat.completion"},
+                 {"model", body.contains("model") && body["model"].is_string() ? body["model"] : json("mock-1")},
+                 {"choices", json::array({json{{"index", 0},
+                                               {"message", {{"role", "assistant"}, {"content", "ok"}}},
+                                               {"finish_reason", "stop"}}})},
+                 {"usage",
+                  {{"prompt_tokens", std::int64_t(prompt)},
+                   {"completion_tokens", std::int64_t(completion)},
+                   {"total_tokens", std::int64_t(prompt + completion)}}}};
+  if (body.contains("mock_usage")) {  // a hostile upstream, for tests
+    if (body["mock_usage"] == "omit") answer.erase("usage");
+    else answer["usage"] = body["mock_usage"];
+  }
+  auto res = reply(req, http::status::ok, answer);
   rate_headers(res, m);
   co_return res;
 }
@@ -171,7 +186,7 @@ net::awaitable<void> listen(Mock& m, tcp::acceptor& acceptor, ssl::context* tls)
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string listen_at = "127.0.0.1:0", port_file, tls_dir;
+  std::string listen_at = "127.0.0.1:0", port_file, tls_dir, key_env;
   double rpm = 600, tpm = 60000, burst = 60;
   int latency_ms = 20;
   for (int i = 1; i < argc; ++i) {
@@ -187,6 +202,7 @@ int main(int argc, char** argv) {
     else if (a == "--burst-seconds") burst = std::stod(value());
     else if (a == "--tls-dir") tls_dir = value();
     else if (a == "--latency-ms") latency_ms = std::stoi(value());
+    else if (a == "--require-key-env") key_env = value();
     else {
       std::fprintf(stderr, "mock_llm_upstream: unknown option %s\n", a.c_str());
       return 2;
@@ -194,6 +210,11 @@ int main(int argc, char** argv) {
   }
   net::io_context io(1);
   Mock mock{ProviderBucket(rpm, burst), ProviderBucket(tpm, burst), std::chrono::milliseconds(latency_ms)};
+  if (!key_env.empty()) {
+    const char* k = std::getenv(key_env.c_str());
+    if (!k || !*k) return std::fprintf(stderr, "mock_llm_upstream: %s is not set\n", key_env.c_str()), 2;
+    mock.required_key = k;
+  }
   std::optional<ssl::context> tls;
   if (!tls_dir.empty()) {
     write_self_signed(tls_dir + "/cert.pem", tls_dir + "/key.pem");
@@ -210,6 +231,7 @@ int main(int argc, char** argv) {
   signals.async_wait([&](const auto&, int) { io.stop(); });
   net::co_spawn(io, listen(mock, acceptor, tls ? &*tls : nullptr), net::detached);
   io.run();
-  std::printf("mock_llm_upstream: served=%ld refused=%ld bad=%ld\n", mock.served, mock.refused, mock.bad);
+  std::printf("mock_llm_upstream: served=%ld refused=%ld bad=%ld received=%ld\n", mock.served, mock.refused, mock.bad,
+              mock.received);
   return 0;
 }

@@ -1,6 +1,7 @@
 // fuzz_bucket: bytes decode into operations on one bucket and the manual clock
-// (advance, try_acquire, acquire, stop, destroy, refund, pause, set_rate,
-// set_capacity, charge). Until the first reconfiguration the bucket must agree with
+// (advance, try_acquire, acquire, acquire_for, stop, destroy, refund, pause,
+// set_rate, set_capacity, charge, limit_remaining). Until the first
+// reconfiguration or deadline waiter the bucket must agree with
 // the integer reference model event by event (after one, the model's exact
 // nanoseconds and the bucket's 2^-32 ns settling may round apart, so only the
 // invariants below are checked). Always: every window conforms to the largest
@@ -33,8 +34,9 @@ using tgfuzz::fail;
 using tgfuzz::Reader;
 
 Task waiter(Bucket& b, int id, std::int64_t cost, std::stop_token stop, std::vector<Event>& out,
-            const ManualClock& clock, std::vector<int>& completions) {
-  tollgate::AcquireResult r = co_await b.acquire(double(cost), std::move(stop));
+            const ManualClock& clock, std::vector<int>& completions, std::int64_t max_wait_ns = -1) {
+  tollgate::AcquireResult r = max_wait_ns < 0 ? co_await b.acquire(double(cost), std::move(stop))
+                                              : co_await b.acquire_for(double(cost), ns(max_wait_ns), std::move(stop));
   if (++completions[static_cast<std::size_t>(id)] > 1) fail("waiter resumed twice", id);
   out.push_back({id, ns_of(clock.now()), cost, r.status()});
 }
@@ -86,6 +88,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
           if (tasks.size() == kMaxWaiters) break;
           const int id = static_cast<int>(tasks.size());
           const std::int64_t cost = in.byte() % (capacity + 2);
+          if (in.byte() % 4 == 0) {  // with a deadline: re-timings may time it out (the model has none)
+            exact = false;
+            const std::int64_t max_wait = std::int64_t{in.byte()} * 50'000'000;
+            tasks.push_back(waiter(bucket, id, cost, stops[static_cast<std::size_t>(id)].get_token(), got, clock,
+                                   completions, max_wait));
+            break;
+          }
           if (cost > capacity) {
             want.push_back({id, now(), cost, tollgate::Status::never});
           } else {
@@ -138,8 +147,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         }
         case 9: {  // an overrun settled as debt (not an admission: it was spent upstream)
           const std::int64_t cost = in.byte() % (capacity + 3);
-          bucket.charge(double(cost));
-          model.charge(cost);
+          if (cost % 2) {
+            bucket.charge(double(cost));
+            model.charge(cost);
+          } else {  // an upstream's remaining count, lowering the level
+            bucket.limit_remaining(double(cost / 2));
+            model.limit_remaining(cost / 2);
+          }
           model.advance_to(now(), want);
           break;
         }

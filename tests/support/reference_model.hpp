@@ -56,6 +56,8 @@ class Model {
   // Takes `cost` even into debt (a negative level), which later waiters pay;
   // the debt never goes beyond one capacity (what is asked beyond is not taken).
   void charge(std::int64_t cost) { level_ = std::max(level_ - cost * kNano, std::min(level_, -cap_)); }
+  // The upstream says `remaining` units are left: the level drops to it, never rises.
+  void limit_remaining(std::int64_t remaining) { level_ = std::min(level_, remaining * kNano); }
   // Admits nothing before `t` (ns); never shortens a pause. Tokens keep
   // accruing, capped at capacity as always.
   void pause_until(std::int64_t t) { paused_until_ = std::max(paused_until_, t); }
