@@ -1,7 +1,7 @@
 // 01_basic: try_acquire in a request handler that answers 429 itself.
 //
-// A bucket of 10 requests with 2 per second sustained (the seed article's
-// tier-1 numbers). Twelve requests arrive at once: ten pass, two get a 429
+// A bucket of 10 requests with 2 per second sustained (a typical free
+// tier). Twelve requests arrive at once: ten pass, two get a 429
 // with a Retry-After rounded up to whole seconds, as HTTP wants it.
 #include <tollgate/tollgate.hpp>
 
