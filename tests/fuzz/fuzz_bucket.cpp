@@ -1,7 +1,12 @@
 // fuzz_bucket: bytes decode into operations on one bucket and the manual clock
-// (advance, try_acquire, acquire, acquire_for, stop, destroy, refund, pause,
-// set_rate, set_capacity, charge, limit_remaining). Until the first
-// reconfiguration or deadline waiter the bucket must agree with
+// (advance, try_acquire, acquire, stop, destroy, refund, pause, set_rate,
+// set_capacity, charge). Built again as fuzz_deadlines
+// (TOLLGATE_FUZZ_DEADLINES=1), where some waiters have a deadline
+// (acquire_for) and half the charges are upstream remaining counts
+// (limit_remaining) instead: re-timings that time waiters out. Two harnesses,
+// so that fuzz_bucket's committed inputs (regressions among them) keep
+// decoding as they did. Until the first reconfiguration or deadline waiter
+// the bucket must agree with
 // the integer reference model event by event (after one, the model's exact
 // nanoseconds and the bucket's 2^-32 ns settling may round apart, so only the
 // invariants below are checked). Always: every window conforms to the largest
@@ -25,8 +30,13 @@
 #include "fuzz_support.hpp"
 #include "test_support.hpp"
 
+#ifndef TOLLGATE_FUZZ_DEADLINES
+#define TOLLGATE_FUZZ_DEADLINES 0
+#endif
+
 namespace {
 
+constexpr bool kDeadlines = TOLLGATE_FUZZ_DEADLINES;
 using namespace tgtest;
 using Bucket = tollgate::TokenBucket<ManualClock, tollgate::NullMutex>;
 
@@ -88,7 +98,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
           if (tasks.size() == kMaxWaiters) break;
           const int id = static_cast<int>(tasks.size());
           const std::int64_t cost = in.byte() % (capacity + 2);
-          if (in.byte() % 4 == 0) {  // with a deadline: re-timings may time it out (the model has none)
+          if (kDeadlines && in.byte() % 4 == 0) {  // with a deadline: re-timings may time it out (the model has none)
             exact = false;
             const std::int64_t max_wait = std::int64_t{in.byte()} * 50'000'000;
             tasks.push_back(waiter(bucket, id, cost, stops[static_cast<std::size_t>(id)].get_token(), got, clock,
@@ -147,7 +157,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         }
         case 9: {  // an overrun settled as debt (not an admission: it was spent upstream)
           const std::int64_t cost = in.byte() % (capacity + 3);
-          if (cost % 2) {
+          if (!kDeadlines || cost % 2) {
             bucket.charge(double(cost));
             model.charge(cost);
           } else {  // an upstream's remaining count, lowering the level

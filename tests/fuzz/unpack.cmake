@@ -1,0 +1,10 @@
+# Unpacks a committed fuzz corpus: cmake -DIN=<corpus.tar.gz> -DOUT=<dir> -P unpack.cmake
+file(REMOVE_RECURSE ${OUT})
+file(MAKE_DIRECTORY ${OUT})
+file(ARCHIVE_EXTRACT INPUT ${IN} DESTINATION ${OUT})
+file(GLOB inputs ${OUT}/*)
+list(LENGTH inputs n)
+if(n EQUAL 0)
+  message(FATAL_ERROR "${IN} holds no inputs")
+endif()
+message(STATUS "${n} inputs from ${IN}")
