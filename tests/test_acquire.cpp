@@ -8,7 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <stop_token>
+#include <tollgate/stop_token.hpp>
 #include <thread>
 #include <vector>
 
@@ -37,7 +37,7 @@ struct Done {
 
 template <class Bucket>
 Task waiter(Bucket& b, double cost, int id, std::vector<Done>& log, const ManualClock& clock,
-            std::stop_token stop = {}) {
+            tollgate::stop_token stop = {}) {
   AcquireResult r = co_await b.acquire(cost, std::move(stop));
   log.push_back({id, ns_of(clock.now()), r.status()});
 }
@@ -135,7 +135,7 @@ TEMPLATE_TEST_CASE("acquire: a stop token cancels exactly; later waiters move up
                    tollgate::SpinMutex, tollgate::BiasedMutex, NullMutex) {
   Drained<TestType> fixture(Limit{4, 1});
   [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
-  std::stop_source stop;
+  tollgate::stop_source stop;
   Task a = waiter(bucket, 2, 0, log, clock);                    // due 2 s
   Task b = waiter(bucket, 3, 1, log, clock, stop.get_token());  // due 5 s
   Task c = waiter(bucket, 1, 2, log, clock);                    // due 6 s -> 3 s
@@ -163,7 +163,7 @@ TEMPLATE_TEST_CASE("acquire: a stop already requested takes nothing", "[acquire]
   ManualClock clock;
   ManualScheduler sched(clock);
   tollgate::TokenBucket<ManualClock, TestType> bucket(Limit{4, 1}, clock, &sched);
-  std::stop_source stop;
+  tollgate::stop_source stop;
   stop.request_stop();
   std::vector<Done> log;
   Task a = waiter(bucket, 1, 0, log, clock, stop.get_token());
@@ -320,7 +320,7 @@ TEST_CASE("acquire_blocking: max_wait and stop token", "[blocking][cancel]") {
   CHECK(r.status() == Status::not_now);
   CHECK(r.retry_after() == 2s);
 
-  std::stop_source stop;
+  tollgate::stop_source stop;
   std::atomic<int> status{-1};
   std::thread t([&] { status = static_cast<int>(bucket.acquire_blocking(2, std::chrono::hours(1), stop.get_token()).status()); });
   while (bucket.waiters() == 0) std::this_thread::yield();

@@ -8,7 +8,7 @@
 #include <ostream>
 #include <mutex>
 #include <random>
-#include <stop_token>
+#include <tollgate/stop_token.hpp>
 #include <string>
 #include <vector>
 
@@ -32,7 +32,7 @@ using tollgate::testing::ManualScheduler;
 namespace {
 
 template <class Bucket>
-Task run_waiter(Bucket& b, int id, std::int64_t cost, std::stop_token stop, std::vector<Event>& out,
+Task run_waiter(Bucket& b, int id, std::int64_t cost, tollgate::stop_token stop, std::vector<Event>& out,
                 const ManualClock& clock) {
   AcquireResult r = co_await b.acquire(static_cast<double>(cost), std::move(stop));
   out.push_back({id, ns_of(clock.now()), cost, r.status()});
@@ -53,7 +53,7 @@ void run_seed(std::uint64_t seed) {
 
   std::vector<Event> got, want;
   std::map<int, Task> tasks;
-  std::map<int, std::stop_source> stops;
+  std::map<int, tollgate::stop_source> stops;
   std::vector<Admission> admitted;
   int next_id = 0;
   std::string trace;  // the operations so far, shown when a check fails
@@ -75,7 +75,7 @@ void run_seed(std::uint64_t seed) {
     } else if (op < 8) {  // a waiter (sometimes above capacity: never)
       const int id = next_id++;
       const std::int64_t cost = static_cast<std::int64_t>(rng() % (capacity + 2));
-      stops[id] = std::stop_source();
+      stops[id] = tollgate::stop_source();
       trace += "wait id " + std::to_string(id) + " cost " + std::to_string(cost) + "\n";
       if (cost > capacity) {
         want.push_back({id, ns_of(clock.now()), cost, Status::never});

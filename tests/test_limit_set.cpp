@@ -7,7 +7,7 @@
 #include <map>
 #include <random>
 #include <stdexcept>
-#include <stop_token>
+#include <tollgate/stop_token.hpp>
 #include <string>
 #include <vector>
 
@@ -38,7 +38,7 @@ struct Done {
   friend bool operator==(const Done&, const Done&) = default;
 };
 
-Task waiter(Set& s, Costs c, int id, std::vector<Done>& log, const ManualClock& clock, std::stop_token stop = {}) {
+Task waiter(Set& s, Costs c, int id, std::vector<Done>& log, const ManualClock& clock, tollgate::stop_token stop = {}) {
   AcquireResult r = co_await s.acquire(c, std::move(stop));
   log.push_back({id, ns_of(clock.now()), r.status()});
 }
@@ -112,7 +112,7 @@ TEST_CASE("limit set: cancelling a waiter is exact in every dimension", "[limits
   // its turn, once without it. Everyone else completes at the same instants.
   auto run = [](bool with_cancelled) {
     Fixture f;
-    std::stop_source stop;
+    tollgate::stop_source stop;
     REQUIRE(f.set.try_acquire({10, 1000}));
     f.tasks.push_back(waiter(f.set, {2, 300}, 1, f.log, f.clock));
     if (with_cancelled) f.tasks.push_back(waiter(f.set, {8, 400}, 2, f.log, f.clock, stop.get_token()));
@@ -368,7 +368,7 @@ TEST_CASE("limit set: seeded random operations match the tick model event by eve
     Set set(config, clock, &sched);
     std::vector<Done> log;
     std::vector<Task> tasks;
-    std::map<int, std::stop_source> stops;
+    std::map<int, tollgate::stop_source> stops;
     int next_id = 0;
     auto random_cost = [&](bool fitting) {
       std::vector<std::int64_t> c;

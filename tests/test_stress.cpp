@@ -7,7 +7,7 @@
 #include <mutex>
 #include <random>
 #include <shared_mutex>
-#include <stop_token>
+#include <tollgate/stop_token.hpp>
 #include <thread>
 #include <vector>
 
@@ -32,7 +32,7 @@ struct Finished {
   Status status;
 };
 
-Task stress_waiter(tollgate::TokenBucket<ManualClock>& b, std::int64_t cost, std::stop_token stop,
+Task stress_waiter(tollgate::TokenBucket<ManualClock>& b, std::int64_t cost, tollgate::stop_token stop,
                    const ManualClock& clock, Finished& out, std::atomic<int>& finishes) {
   AcquireResult r = co_await b.acquire(double(cost), std::move(stop));
   out = {ns_of(clock.now()), cost, r.status()};
@@ -56,7 +56,7 @@ TEST_CASE("stress: 2 threads x thousands of coroutines and try_acquire callers",
   std::vector<Finished> results[2];
   std::vector<Admission> tried[2];
   std::vector<Task> tasks[2];
-  std::vector<std::stop_source> stops[2];
+  std::vector<tollgate::stop_source> stops[2];
   for (int t = 0; t < 2; ++t) {
     results[t].resize(kPerThread);
     stops[t].resize(kPerThread);

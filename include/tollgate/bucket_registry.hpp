@@ -16,7 +16,7 @@
 #include <new>
 #include <optional>
 #include <stdexcept>
-#include <stop_token>
+#include "stop_token.hpp"
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -236,7 +236,7 @@ class BucketRegistry {
    private:
     friend class BucketRegistry;
     using Op = typename bucket_type::AcquireOperation;
-    AcquireOperation(Handle h, double cost, std::stop_token stop) : handle_(std::move(h)) {
+    AcquireOperation(Handle h, double cost, ::tollgate::stop_token stop) : handle_(std::move(h)) {
       if (handle_) op_ = ::new (static_cast<void*>(storage_)) Op(handle_->acquire(cost, std::move(stop)));
     }
     explicit AcquireOperation(AcquireResult failure) : result_(failure) {}
@@ -250,7 +250,7 @@ class BucketRegistry {
   /// holding the key's Handle meanwhile; `rejected` at the key cap under
   /// `OverflowPolicy::reject`, `invalid` for a key longer than `max_key_bytes`.
   template <class K>
-  AcquireOperation acquire(const K& key, double cost = 1, std::stop_token stop = {}) {
+  AcquireOperation acquire(const K& key, double cost = 1, ::tollgate::stop_token stop = {}) {
     if (key_bytes(key) > options_.max_key_bytes) [[unlikely]]
       return AcquireOperation(too_long(key));
     return AcquireOperation(get(key), cost, std::move(stop));

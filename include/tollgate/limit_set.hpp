@@ -8,7 +8,7 @@
 #include <span>
 #include <sstream>
 #include <stdexcept>
-#include <stop_token>
+#include "stop_token.hpp"
 #include <string>
 #include <string_view>
 #include <utility>
@@ -109,20 +109,20 @@ class LimitSet : public detail::WaitingBucket<detail::MultiCore, Clock, Mutex> {
   /// Waits (FIFO, without blocking a thread) until every dimension has its
   /// cost, then takes them all at once. See TokenBucket::acquire for which
   /// thread resumes the coroutine.
-  AcquireOperation acquire(const Costs& costs, std::stop_token stop = {}) {
+  AcquireOperation acquire(const Costs& costs, ::tollgate::stop_token stop = {}) {
     return this->make_operation(costs, detail::fine_max, std::move(stop));
   }
   /// Refuses at once (`not_now`, nothing taken) when the wait would exceed `max_wait`.
   template <class Rep, class Period>
   AcquireOperation acquire_for(const Costs& costs, std::chrono::duration<Rep, Period> max_wait,
-                               std::stop_token stop = {}) {
+                               ::tollgate::stop_token stop = {}) {
     return this->make_operation(costs, Base::to_fine(max_wait), std::move(stop));
   }
   /// Blocks the calling thread; as TokenBucket::acquire_blocking.
   template <class Rep = std::int64_t, class Period = std::nano>
   AcquireResult acquire_blocking(const Costs& costs,
                                  std::chrono::duration<Rep, Period> max_wait = std::chrono::duration<Rep, Period>::max(),
-                                 std::stop_token stop = {}) {
+                                 ::tollgate::stop_token stop = {}) {
     return this->block(costs, Base::to_fine(max_wait), std::move(stop));
   }
   /// Like `acquire_for`, but `co_await` yields a Permit holding `estimate`,
@@ -130,7 +130,7 @@ class LimitSet : public detail::WaitingBucket<detail::MultiCore, Clock, Mutex> {
   template <class Rep = std::int64_t, class Period = std::nano>
   PermitOperation acquire_permit(const Costs& estimate, std::chrono::duration<Rep, Period> max_wait =
                                                             std::chrono::duration<Rep, Period>::max(),
-                                 std::stop_token stop = {}) {
+                                 ::tollgate::stop_token stop = {}) {
     return this->make_permit_operation(estimate, Base::to_fine(max_wait), std::move(stop));
   }
   /// `try_acquire` that returns a Permit holding `estimate` (empty when refused).

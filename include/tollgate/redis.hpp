@@ -22,7 +22,7 @@
 #include <optional>
 #include <sstream>
 #include <stdexcept>
-#include <stop_token>
+#include "stop_token.hpp"
 #include <string>
 #include <string_view>
 #include <utility>
@@ -203,7 +203,7 @@ class RedisLimitSet {
   template <class Rep = std::int64_t, class Period = std::nano>
   void async_acquire(const Costs& costs, std::function<void(Decision)> done,
                      std::chrono::duration<Rep, Period> max_wait = std::chrono::duration<Rep, Period>::max(),
-                     std::stop_token stop = {}) {
+                     ::tollgate::stop_token stop = {}) {
     start(costs, to_ns(max_wait), std::move(stop), std::move(done));
   }
 
@@ -216,7 +216,7 @@ class RedisLimitSet {
   template <class Rep = std::int64_t, class Period = std::nano>
   AcquireOperation acquire(const Costs& costs,
                            std::chrono::duration<Rep, Period> max_wait = std::chrono::duration<Rep, Period>::max(),
-                           std::stop_token stop = {}) {
+                           ::tollgate::stop_token stop = {}) {
     return AcquireOperation(*this, costs, to_ns(max_wait), std::move(stop));
   }
 
@@ -224,7 +224,7 @@ class RedisLimitSet {
   template <class Rep = std::int64_t, class Period = std::nano>
   Decision acquire_blocking(const Costs& costs,
                             std::chrono::duration<Rep, Period> max_wait = std::chrono::duration<Rep, Period>::max(),
-                            std::stop_token stop = {}) {
+                            ::tollgate::stop_token stop = {}) {
     std::promise<Decision> promise;
     auto future = promise.get_future();
     start(costs, to_ns(max_wait), std::move(stop), [&promise](Decision d) { promise.set_value(d); });
@@ -367,7 +367,7 @@ class RedisLimitSet {
     ns_array t_old{}, t_new{};
     std::mutex sink_mutex;
     std::function<void(Decision)> sink;
-    std::optional<std::stop_callback<std::function<void()>>> stop_cb;
+    std::optional<::tollgate::stop_callback<std::function<void()>>> stop_cb;
 
     bool cas(OpState from, OpState to) { return state.compare_exchange_strong(from, to, std::memory_order_acq_rel); }
 
@@ -453,12 +453,12 @@ class RedisLimitSet {
     return op;
   }
 
-  void start(const Costs& costs, std::int64_t max_wait_ns, std::stop_token stop, std::function<void(Decision)> done) {
+  void start(const Costs& costs, std::int64_t max_wait_ns, ::tollgate::stop_token stop, std::function<void(Decision)> done) {
     if (!scheduler_) return done({AcquireResult::failed(Status::invalid, Reason::no_scheduler)});
     launch(make_op(std::move(done)), costs, max_wait_ns, std::move(stop));
   }
 
-  void launch(const std::shared_ptr<Op>& op, const Costs& costs, std::int64_t max_wait_ns, std::stop_token stop) {
+  void launch(const std::shared_ptr<Op>& op, const Costs& costs, std::int64_t max_wait_ns, ::tollgate::stop_token stop) {
     op->max_wait_ns = max_wait_ns;
     if (auto bad = prepare(costs, op->q)) return op->finish({*bad});
     if (stop.stop_requested())
@@ -594,12 +594,12 @@ class RedisLimitSet {
 
    private:
     friend class RedisLimitSet;
-    AcquireOperation(RedisLimitSet& set, const Costs& costs, std::int64_t max_wait_ns, std::stop_token stop)
+    AcquireOperation(RedisLimitSet& set, const Costs& costs, std::int64_t max_wait_ns, ::tollgate::stop_token stop)
         : set_(set), costs_(costs), max_wait_ns_(max_wait_ns), stop_(std::move(stop)) {}
     RedisLimitSet& set_;
     Costs costs_;
     std::int64_t max_wait_ns_;
-    std::stop_token stop_;
+    ::tollgate::stop_token stop_;
     std::weak_ptr<Op> op_;
     AcquireResult result_;
   };

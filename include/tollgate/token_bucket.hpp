@@ -12,7 +12,7 @@
 #include <optional>
 #include <sstream>
 #include <stdexcept>
-#include <stop_token>
+#include "stop_token.hpp"
 #include <type_traits>
 #include <utility>
 
@@ -116,7 +116,7 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
   /// waiter is resumed on the thread requesting the stop.
   /// Waiting allocates nothing. Destroying the suspended coroutine leaves the
   /// queue exactly (later waiters move up).
-  AcquireOperation acquire(double cost = 1, std::stop_token stop = {}) {
+  AcquireOperation acquire(double cost = 1, ::tollgate::stop_token stop = {}) {
     return this->make_operation(cost, detail::fine_max, std::move(stop));
   }
 
@@ -125,7 +125,7 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
   /// pushes the wait past `max_wait`, the waiter finishes `timed_out`.
   template <class Rep, class Period>
   AcquireOperation acquire_for(double cost, std::chrono::duration<Rep, Period> max_wait,
-                               std::stop_token stop = {}) {
+                               ::tollgate::stop_token stop = {}) {
     return this->make_operation(cost, Base::to_fine(max_wait), std::move(stop));
   }
 
@@ -136,7 +136,7 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
   AcquireResult acquire_blocking(double cost = 1,
                                  std::chrono::duration<Rep, Period> max_wait =
                                      std::chrono::duration<Rep, Period>::max(),
-                                 std::stop_token stop = {}) {
+                                 ::tollgate::stop_token stop = {}) {
     return this->block(cost, Base::to_fine(max_wait), std::move(stop));
   }
 
@@ -145,7 +145,7 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
   template <class Rep = std::int64_t, class Period = std::nano>
   PermitOperation acquire_permit(double estimate, std::chrono::duration<Rep, Period> max_wait =
                                                       std::chrono::duration<Rep, Period>::max(),
-                                 std::stop_token stop = {}) {
+                                 ::tollgate::stop_token stop = {}) {
     return this->make_permit_operation(estimate, Base::to_fine(max_wait), std::move(stop));
   }
 

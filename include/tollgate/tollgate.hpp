@@ -11,6 +11,7 @@
 #include "result.hpp"           // IWYU pragma: export
 #include "scheduler.hpp"        // IWYU pragma: export
 #include "spin_mutex.hpp"       // IWYU pragma: export
+#include "stop_token.hpp"       // IWYU pragma: export
 #include "timer_thread_scheduler.hpp"  // IWYU pragma: export
 #include "token_bucket.hpp"     // IWYU pragma: export
 #include "upstream_feedback.hpp"  // IWYU pragma: export

@@ -19,7 +19,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <stop_token>
+#include <tollgate/stop_token.hpp>
 #include <vector>
 
 #include <tollgate/testing/manual_clock.hpp>
@@ -43,7 +43,7 @@ using Bucket = tollgate::TokenBucket<ManualClock, tollgate::NullMutex>;
 using tgfuzz::fail;
 using tgfuzz::Reader;
 
-Task waiter(Bucket& b, int id, std::int64_t cost, std::stop_token stop, std::vector<Event>& out,
+Task waiter(Bucket& b, int id, std::int64_t cost, tollgate::stop_token stop, std::vector<Event>& out,
             const ManualClock& clock, std::vector<int>& completions, std::int64_t max_wait_ns = -1) {
   tollgate::AcquireResult r = max_wait_ns < 0 ? co_await b.acquire(double(cost), std::move(stop))
                                               : co_await b.acquire_for(double(cost), ns(max_wait_ns), std::move(stop));
@@ -67,7 +67,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::vector<Event> got, want;
   std::vector<Admission> net;  // admissions (+) and refunds (-), for the window check
   std::vector<int> completions(kMaxWaiters, 0);
-  std::vector<std::stop_source> stops(kMaxWaiters);
+  std::vector<tollgate::stop_source> stops(kMaxWaiters);
   std::vector<bool> destroyed(kMaxWaiters, false);
   std::vector<Task> tasks;
   tasks.reserve(kMaxWaiters);

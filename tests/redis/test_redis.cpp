@@ -14,7 +14,7 @@
 #include <optional>
 #include <random>
 #include <stdexcept>
-#include <stop_token>
+#include <tollgate/stop_token.hpp>
 #include <string>
 #include <vector>
 
@@ -184,7 +184,7 @@ TEST_CASE("cancelling the latest reservation gives its tokens back exactly, behi
     return [&got, id, clock = rig.clock](redis::Decision d) { got.push_back({id, ns_of(clock.now()), d.result.status()}); };
   };
   const std::int64_t t0 = ns_of(rig.clock.now());
-  std::stop_source stop_a, stop_b;
+  tollgate::stop_source stop_a, stop_b;
   set.async_acquire({1}, record(0), std::chrono::hours(1), stop_a.get_token());  // due t0 + 1 s
   rig.barrier();
   set.async_acquire({1}, record(1), std::chrono::hours(1), stop_b.get_token());  // due t0 + 2 s
@@ -218,7 +218,7 @@ TEST_CASE("a stop after the grant is too late: the waiter is acquired") {
   auto set = rig.make({{"requests", Limit{1, 1}}});
   REQUIRE(set.try_acquire(1.0));
   std::optional<redis::Decision> got;
-  std::stop_source stop;
+  tollgate::stop_source stop;
   set.async_acquire({1}, [&](redis::Decision d) { got = d; }, std::chrono::hours(1), stop.get_token());
   rig.barrier();
   // The reservation is due at +1 s; the timer has not fired, but the server's
@@ -500,7 +500,7 @@ TEST_CASE("concurrent waits and stops from other threads: every operation comple
   (void)conn.command({"DEL", key});
   redis::RedisLimitSet<> set(conn, key, {{"requests", Limit{5, 2000}}});
   constexpr int kOps = 600;
-  std::vector<std::stop_source> stops(kOps);
+  std::vector<tollgate::stop_source> stops(kOps);
   std::vector<std::atomic<int>> calls(kOps);
   std::mutex m;
   std::condition_variable cv;

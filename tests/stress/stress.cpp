@@ -19,7 +19,7 @@
 #include <cstdio>
 #include <malloc.h>
 #include <random>
-#include <stop_token>
+#include <tollgate/stop_token.hpp>
 #include <string>
 #include <thread>
 #include <vector>
@@ -98,7 +98,7 @@ TEST_CASE("stress: 2 threads x 10,000 coroutines on the real clock", "[stress]")
     std::vector<Status> status;          // per waiter
     std::vector<std::uint8_t> done;      // per waiter: completions
     std::vector<Task> tasks;
-    std::vector<std::stop_source> stops;
+    std::vector<tollgate::stop_source> stops;
   };
   // Declared before the scheduler: the coroutine frames are destroyed only
   // after its thread, which may still be leaving the last of them, is joined.
@@ -125,7 +125,7 @@ TEST_CASE("stress: 2 threads x 10,000 coroutines on the real clock", "[stress]")
       const bool on_shared = rng() % 2 == 0;
       const std::int64_t cost = 1 + rng() % 3;
       log.tasks.push_back([](tollgate::TokenBucket<>* bucket, tollgate::BucketRegistry<>* reg, int key,
-                             std::int64_t cost, std::stop_token stop, Clock::time_point t0, Log& log, int i,
+                             std::int64_t cost, tollgate::stop_token stop, Clock::time_point t0, Log& log, int i,
                              std::atomic<int>& finished, std::atomic<int>& twice) -> Task {
         const std::int64_t lo = ns_since(t0, Clock::now());
         tollgate::AcquireResult r;

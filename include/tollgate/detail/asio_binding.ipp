@@ -8,12 +8,12 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
-#include <stop_token>
 #include <type_traits>
 #include <utility>
 
 #include "../result.hpp"
 #include "../scheduler.hpp"
+#include "../stop_token.hpp"
 #include "timer_queue.hpp"
 #include "waiter.hpp"
 
@@ -180,7 +180,7 @@ struct InitiateAcquire {
 // `async_acquire(cost, callback, max_wait, stop_token)` runs the callback once
 // with a decision that has `.result`; cancellation requests a stop.
 template <class Set, class Cost>
-concept CallbackAcquirer = requires(Set& s, const Cost& c, std::chrono::nanoseconds w, std::stop_token st) {
+concept CallbackAcquirer = requires(Set& s, const Cost& c, std::chrono::nanoseconds w, ::tollgate::stop_token st) {
   s.async_acquire(c, [](auto) {}, w, st);
 };
 
@@ -189,14 +189,14 @@ struct CallbackOp : HandlerWork<Handler> {
   using HandlerWork<Handler>::HandlerWork;
 
   struct Canceller {
-    explicit Canceller(std::stop_source* s) noexcept : stop(s) {}
-    std::stop_source* stop;
+    explicit Canceller(::tollgate::stop_source* s) noexcept : stop(s) {}
+    ::tollgate::stop_source* stop;
     void operator()(TOLLGATE_NET::cancellation_type type) const noexcept {
       if (takes_out(type)) stop->request_stop();
     }
   };
 
-  std::stop_source stop;
+  ::tollgate::stop_source stop;
 };
 
 template <class Set>

@@ -21,7 +21,7 @@
 #include <optional>
 #include <sstream>
 #include <stdexcept>
-#include <stop_token>
+#include "../stop_token.hpp"
 #include <type_traits>
 #include <utility>
 
@@ -273,10 +273,10 @@ class WaitingBucket {
     struct Node : Core::waiter_type {
       std::coroutine_handle<> handle{};
       std::atomic<bool> handoff{false};
-      std::optional<std::stop_callback<Canceller>> stop_callback;
+      std::optional<::tollgate::stop_callback<Canceller>> stop_callback;
     };
 
-    AcquireOperation(WaitingBucket& bucket, const cost_type& cost, fine_t max_wait, std::stop_token stop) noexcept
+    AcquireOperation(WaitingBucket& bucket, const cost_type& cost, fine_t max_wait, ::tollgate::stop_token stop) noexcept
         : bucket_(bucket), cost_(cost), max_wait_(max_wait), stop_(std::move(stop)) {}
 
     void build_node() noexcept {
@@ -296,7 +296,7 @@ class WaitingBucket {
     WaitingBucket& bucket_;
     cost_type cost_;
     fine_t max_wait_;
-    std::stop_token stop_;
+    ::tollgate::stop_token stop_;
     AcquireResult result_{};
     bool built_ = false;
     bool queued_ = false;
@@ -316,7 +316,7 @@ class WaitingBucket {
 
    private:
     friend class WaitingBucket;
-    PermitOperation(WaitingBucket& bucket, const cost_type& cost, fine_t max_wait, std::stop_token stop) noexcept
+    PermitOperation(WaitingBucket& bucket, const cost_type& cost, fine_t max_wait, ::tollgate::stop_token stop) noexcept
         : bucket_(bucket), op_(bucket, cost, max_wait, std::move(stop)) {}
     WaitingBucket& bucket_;
     AcquireOperation op_;
@@ -346,11 +346,11 @@ class WaitingBucket {
     complete_all(done);
   }
 
-  AcquireOperation make_operation(const cost_type& cost, fine_t max_wait, std::stop_token stop) {
+  AcquireOperation make_operation(const cost_type& cost, fine_t max_wait, ::tollgate::stop_token stop) {
     return AcquireOperation(*this, cost, max_wait, std::move(stop));
   }
 
-  PermitOperation make_permit_operation(const cost_type& cost, fine_t max_wait, std::stop_token stop) {
+  PermitOperation make_permit_operation(const cost_type& cost, fine_t max_wait, ::tollgate::stop_token stop) {
     return PermitOperation(*this, cost, max_wait, std::move(stop));
   }
 
@@ -362,7 +362,7 @@ class WaitingBucket {
   }
 
   /// The blocking front-end: waits on a condition variable for the scheduler.
-  AcquireResult block(const cost_type& cost, fine_t max_wait, std::stop_token stop) {
+  AcquireResult block(const cost_type& cost, fine_t max_wait, ::tollgate::stop_token stop) {
     struct Blocking : Core::waiter_type {
       std::mutex m;
       std::condition_variable cv;
@@ -380,7 +380,7 @@ class WaitingBucket {
     const AcquireResult r = begin(cost, max_wait, [&]() -> typename Core::waiter_type& { return w; }, queued);
     if (!queued) return r;
     {
-      std::stop_callback on_stop(stop, [&] { cancel(w); });
+      ::tollgate::stop_callback on_stop(stop, [&] { cancel(w); });
       std::unique_lock l(w.m);
       w.cv.wait(l, [&] { return w.done; });
     }
