@@ -483,7 +483,7 @@ class BucketRegistry {
       // bucket may fold back): at the key cap under a flood of new keys this
       // makes refusals O(1) instead of a scan per request.
       if (now < s.fresh_not_before && s.heavy_count == 0) return 0;
-      detail::fine_t bound = std::numeric_limits<detail::fine_t>::max();
+      detail::fine_t bound = detail::fine_max;
       // Backwards: erasing entry i moves the last one, already examined, into i.
       for (std::size_t i = s.entries.size(); i-- > 0;) {
         Entry& e = s.entries[i];

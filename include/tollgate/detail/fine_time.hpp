@@ -14,13 +14,20 @@
 #include <cstdint>
 #include <limits>
 
-#if !defined(__SIZEOF_INT128__)
-#error "tollgate needs a compiler with a 128-bit integer type (GCC or Clang)"
+#if !defined(__SIZEOF_INT128__) && !defined(TOLLGATE_PORTABLE_INT128)
+#define TOLLGATE_PORTABLE_INT128 1
+#endif
+#if defined(TOLLGATE_PORTABLE_INT128)
+#include "int128.hpp"
 #endif
 
 namespace tollgate::detail {
 
+#if defined(TOLLGATE_PORTABLE_INT128)
+using fine_t = int128;  // no __int128 (MSVC), or chosen: the same results, slower
+#else
 __extension__ typedef __int128 fine_t;
+#endif
 
 inline constexpr int fine_shift = 32;
 inline constexpr fine_t fine_per_ns = fine_t(1) << fine_shift;
