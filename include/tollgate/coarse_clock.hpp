@@ -6,7 +6,8 @@
 
 namespace tollgate {
 
-/// A steady clock read from CLOCK_MONOTONIC_COARSE (Linux): the kernel's tick
+/// A steady clock read from CLOCK_MONOTONIC_COARSE (Linux; elsewhere it is
+/// `std::chrono::steady_clock`, with its cost and resolution): the kernel's tick
 /// counter, read without touching the hardware counter. It costs a few
 /// nanoseconds where `std::chrono::steady_clock::now()` costs about 20, but it
 /// only advances once per kernel tick (`resolution()`, typically 1 to 4 ms).
@@ -25,6 +26,7 @@ struct CoarseSteadyClock {
   using time_point = std::chrono::time_point<CoarseSteadyClock, duration>;
   static constexpr bool is_steady = true;
 
+#if defined(CLOCK_MONOTONIC_COARSE)
   static time_point now() noexcept {
     timespec ts;
     ::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
@@ -37,6 +39,16 @@ struct CoarseSteadyClock {
     ::clock_getres(CLOCK_MONOTONIC_COARSE, &ts);
     return duration(static_cast<rep>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec);
   }
+#else
+  // No coarse clock here (not Linux): std::chrono::steady_clock, at its
+  // cost and its resolution.
+  static time_point now() noexcept {
+    return time_point(std::chrono::duration_cast<duration>(std::chrono::steady_clock::now().time_since_epoch()));
+  }
+  static duration resolution() noexcept {
+    return std::chrono::duration_cast<duration>(std::chrono::steady_clock::duration(1));
+  }
+#endif
 };
 
 }  // namespace tollgate

@@ -7,7 +7,9 @@
 #include <thread>
 
 #if defined(__linux__)
+#if defined(__linux__)
 #include <sys/prctl.h>
+#endif
 #endif
 
 #include "detail/timer_queue.hpp"
