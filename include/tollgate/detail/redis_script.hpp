@@ -73,14 +73,17 @@ local function args(i)
   for d = 1, n do v[d] = tonumber(ARGV[i + d - 1]) end
   return v
 end
+local function write()
+  local kv = {'e', e, 'f', f, 'p', p}
+  for d = 1, n do
+    kv[#kv + 1] = 't' .. d
+    kv[#kv + 1] = t[d]
+  end
+  redis.call('HSET', key, unpack(kv))
+end
 local function save()
-  if missing_empty then
-    local kv = {'e', e, 'f', f, 'p', p}
-    for d = 1, n do
-      kv[#kv + 1] = 't' .. d
-      kv[#kv + 1] = t[d]
-    end
-    redis.call('HSET', key, unpack(kv))
+  if missing_empty then  -- kept for good: a missing key would read as empty
+    write()
     redis.call('PERSIST', key)
     return
   end
@@ -94,12 +97,7 @@ local function save()
     redis.call('DEL', key)
     return
   end
-  local kv = {'e', e, 'f', f, 'p', p}
-  for d = 1, n do
-    kv[#kv + 1] = 't' .. d
-    kv[#kv + 1] = t[d]
-  end
-  redis.call('HSET', key, unpack(kv))
+  write()
   local ms = math.ceil(ttl / 1000000)
   if ARGV[2] ~= '' and ms < 600000 then ms = 600000 end
   redis.call('PEXPIRE', key, ms)
