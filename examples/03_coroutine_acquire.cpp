@@ -1,8 +1,10 @@
 // 03_coroutine_acquire: co_await bucket.acquire(cost) in coroutines, FIFO.
 //
-// The seed's Python pattern never serves a cost-8 request queued behind a
+// A naive token-bucket loop never serves a cost-8 request queued behind a
 // stream of cost-1 callers once the burst is spent. Here everyone waits in
 // arrival order, and each is woken once, exactly when its tokens are there.
+// The README's quick start is this whole program, as it is compiled.
+// [coroutine]
 #include <tollgate/tollgate.hpp>
 
 #include <chrono>
@@ -26,7 +28,6 @@ struct Spawn {
 
 const Clock::time_point start = Clock::now();
 
-// [coroutine]
 // 10 tokens of burst, 20 per second: think "LLM tokens per second".
 tollgate::TokenBucket<> bucket(tollgate::Limit{.capacity = 10, .rate = 20});
 
@@ -38,7 +39,6 @@ Spawn call_llm(int id, double tokens, std::latch& done) {
               static_cast<long long>(ms));
   done.count_down();
 }
-// [coroutine]
 
 int main() {
   std::latch done(8);
@@ -49,3 +49,4 @@ int main() {
   done.wait();
   return 0;
 }
+// [coroutine]
