@@ -7,7 +7,7 @@
 //               [--rpm 500] [--tpm 30000] [--burst-seconds 60]
 //               [--tier NAME:RPM:TPM[:BURST_SECONDS]]... [--key KEY:TIER]...
 //               [--max-wait-ms 2000] [--default-max-tokens 256] [--adaptive]
-//               [--max-connections 512] [--header-timeout-ms 10000]
+//               [--max-connections 512] [--idle-timeout-ms 30000] [--header-timeout-ms 10000]
 //               [--body-timeout-ms 30000] [--max-header-bytes 16384]
 //               [--max-body-bytes 1048576] [--max-usage-tokens 1000000]
 //
@@ -45,9 +45,10 @@
 //   5. logs one JSON line per request, with a fingerprint of the key, never
 //      the key itself; internal errors go to the log, clients get a generic
 //      502.
-// Connections: at most --max-connections (more are closed at once), a header
-// must arrive within --header-timeout-ms of the previous answer (idle and
-// slow clients are cut), a body within --body-timeout-ms; oversized headers
+// Connections: at most --max-connections (more are closed at once); a
+// connection idle for --idle-timeout-ms is closed; a header must be complete
+// within --header-timeout-ms of its first byte (slow clients are cut), a body
+// within --body-timeout-ms; oversized headers
 // get 431, malformed requests 400; `Connection: close` and HTTP/1.0 are
 // honoured. Running out of file descriptors pauses accepting briefly, never
 // for good. SIGINT/SIGTERM: stop accepting, answer the requests in flight,
@@ -101,7 +102,7 @@ struct Config {
   std::int64_t default_max_tokens = 256;
   bool adaptive = false;
   std::size_t max_connections = 512;
-  std::chrono::milliseconds header_timeout = 10000ms, body_timeout = 30000ms;
+  std::chrono::milliseconds idle_timeout = 30000ms, header_timeout = 10000ms, body_timeout = 30000ms;
   std::uint32_t max_header_bytes = 16 * 1024;
   std::uint64_t max_body_bytes = 1024 * 1024;
   std::int64_t max_usage_tokens = 1'000'000;
@@ -140,6 +141,7 @@ void apply_option(Config& c, const std::string& name, const std::string& value) 
                                 "TOLLGATE_UPSTREAM_KEY or give --upstream-key-file");
   else if (name == "upstream-key-file") c.upstream_key = read_secret_file(value);
   else if (name == "max-connections") c.max_connections = std::size_t(positive(name, value));
+  else if (name == "idle-timeout-ms") c.idle_timeout = std::chrono::milliseconds(positive(name, value));
   else if (name == "header-timeout-ms") c.header_timeout = std::chrono::milliseconds(positive(name, value));
   else if (name == "body-timeout-ms") c.body_timeout = std::chrono::milliseconds(positive(name, value));
   else if (name == "max-header-bytes") c.max_header_bytes = std::uint32_t(positive(name, value));
@@ -385,9 +387,15 @@ class Gateway {
       parser.header_limit(config_.max_header_bytes);
       parser.body_limit(config_.max_body_bytes);
       conn.idle = true;
-      stream.expires_after(config_.header_timeout);  // idle, slow or partial headers are cut
-      auto [ec, n] = co_await http::async_read_header(stream, buffer, parser, net::as_tuple(net::use_awaitable));
+      if (buffer.size() == 0) {  // between requests: the first byte within the idle timeout
+        stream.expires_after(config_.idle_timeout);
+        auto [iec, in] = co_await stream.async_read_some(buffer.prepare(4096), net::as_tuple(net::use_awaitable));
+        if (iec) break;
+        buffer.commit(in);
+      }
       conn.idle = false;
+      stream.expires_after(config_.header_timeout);  // then the whole header: slow or partial headers are cut
+      auto [ec, n] = co_await http::async_read_header(stream, buffer, parser, net::as_tuple(net::use_awaitable));
       if (ec) {
         if (ec == http::error::header_limit) co_await reply_and_close(stream, plain(11, http::status::request_header_fields_too_large, "request header too large"));
         else if (ec == http::error::body_limit)  // a declared Content-Length over the limit

@@ -187,7 +187,7 @@ int main(int argc, char** argv) {
   Child gw;
   spawn(gw,
         {gateway_bin, "--listen", "127.0.0.1:0", "--upstream", upstream, "--config", work + "/security.conf", "--rpm",
-         "600000", "--tpm", "600000000", "--max-wait-ms", "50", "--header-timeout-ms", "500", "--body-timeout-ms",
+         "600000", "--tpm", "600000000", "--max-wait-ms", "50", "--idle-timeout-ms", "500", "--header-timeout-ms", "500", "--body-timeout-ms",
          "500", "--max-connections", "40", "--max-body-bytes", "1048576"},
         {{{"TOLLGATE_UPSTREAM_KEY", upstream_key}}, 64});
   const unsigned short port = port_of(gw.first_line);
@@ -230,7 +230,7 @@ int main(int argc, char** argv) {
   // 2. Connections.
   {
     int fd = connect_to(port);
-    check(fd >= 0 && closed_by_peer(fd, 10s), "connections: an idle connection is closed (header timeout)");
+    check(fd >= 0 && closed_by_peer(fd, 10s), "connections: an idle connection is closed (idle timeout)");
     close(fd);
     fd = connect_to(port, 200ms);
     const std::string slow = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
