@@ -364,7 +364,7 @@ TEST_CASE("acquire: failures carry a reason", "[acquire]") {
     bucket.set_capacity(5);  // a can never fit any more
   }  // the bucket goes away with c still waiting
   CHECK(late.status() == Status::timed_out);
-  CHECK(late.reason() == "wait grew past max_wait after a reconfiguration");
+  CHECK(late.reason() == "wait grew past max_wait after it queued (reconfiguration, pause, debt or lower remaining count)");
   CHECK(never.status() == Status::never);
   CHECK(never.reason() == "cost exceeds the new capacity");
   CHECK(gone.status() == Status::cancelled);

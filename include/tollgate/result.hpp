@@ -20,7 +20,7 @@ enum class Status : std::uint8_t {
   never,      ///< not taken and never will be: the cost exceeds the capacity
   invalid,    ///< not taken: the request itself is wrong (see `reason()`)
   cancelled,  ///< a waiter left the queue (stop token); nothing was taken
-  timed_out,  ///< a waiter's deadline passed after a reconfiguration; nothing taken
+  timed_out,  ///< a waiter's wait grew past its max_wait after it queued; nothing taken
   rejected,   ///< a BucketRegistry at its key cap refused a new key; nothing taken
   unavailable,  ///< a remote store (Redis) did not answer in time; nothing taken
 };
@@ -75,7 +75,7 @@ constexpr std::string_view to_string(Reason r) noexcept {
     case Reason::wait_overflows_clock: return "wait would overflow the clock";
     case Reason::stop_requested: return "stop requested";
     case Reason::bucket_destroyed: return "bucket destroyed while waiting";
-    case Reason::deadline_after_reconfiguration: return "wait grew past max_wait after a reconfiguration";
+    case Reason::deadline_after_reconfiguration: return "wait grew past max_wait after it queued (reconfiguration, pause, debt or lower remaining count)";
     case Reason::key_cap_reached: return "key cap reached; new keys are refused";
     case Reason::wrong_dimension_count: return "the cost vector's length differs from the limit set's dimensions";
     case Reason::store_unreachable: return "the store cannot be reached (connection refused or lost)";
