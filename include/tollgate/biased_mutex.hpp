@@ -1,5 +1,5 @@
 #pragma once
-// BiasedMutex: TokenBucket's default Mutex. A spin lock that lets the one
+// BiasedMutex: an option for a bucket one thread owns. A spin lock that lets the one
 // thread using a bucket in and out without any atomic read-modify-write.
 
 #include <atomic>
@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "spin_mutex.hpp"
+#include "mutex_traits.hpp"
 
 #if defined(__linux__)
 #include <linux/membarrier.h>
@@ -63,21 +64,21 @@ inline void heavy_barrier() noexcept { std::terminate(); }  // unreachable: noth
 
 }  // namespace detail
 
-/// A Mutex biased towards the first thread that uses it (TokenBucket's default).
+/// A Mutex biased towards the first thread that uses it: an expert's option
+/// for a bucket that one thread owns and on which nothing ever waits.
 ///
-/// Why: a bucket's lock costs one atomic read-modify-write, and right after a
-/// `steady_clock::now()` (which the CPU must finish first) that instruction
-/// costs about 5.6 ns here, a sixth of the whole `try_acquire`. Most buckets
-/// are touched by one thread at a time for long stretches (a per-connection or
-/// per-worker bucket, a single-threaded event loop), so the bucket is biased:
+/// Why: a bucket's lock costs one atomic read-modify-write, which right after
+/// a `steady_clock::now()` (that the CPU must finish first) is a visible part
+/// of a `try_acquire` (the README's performance section has the figures). A
+/// bucket touched by one thread only for its whole life can skip it:
 ///
 ///  - The first thread that calls `try_acquire` (`try_enter_biased`) becomes
 ///    the owner. From then on it enters with a plain store, a compiler-only
 ///    fence and a load, and leaves with a plain store: no atomic RMW at all.
 ///  - Any other thread takes the spin lock as usual; the first time one does,
 ///    it revokes the bias for good: it raises a flag, runs a process-wide
-///    memory barrier (Linux `membarrier`, 0.5–17 µs measured here, once per
-///    bucket), and waits until the owner is outside. This is the asymmetric
+///    memory barrier (Linux `membarrier`: an inter-processor interrupt to
+///    every core running the process, once per bucket), and waits until the owner is outside. This is the asymmetric
 ///    Dekker protocol of folly's `asymmetric_thread_fence_heavy` and of
 ///    userspace RCU: either the owner sees the flag and takes the lock, or the
 ///    revoking thread sees the owner inside and waits.
@@ -87,10 +88,12 @@ inline void heavy_barrier() noexcept { std::terminate(); }  // unreachable: noth
 ///    entry; every other member function takes the lock.
 ///
 /// Where `membarrier` is unavailable (not Linux, or refused by a sandbox)
-/// nothing is ever biased and this is a `SpinMutex`. A bucket shared by
-/// threads from its first use pays the revocation once; one created and
-/// destroyed per request and touched by two threads pays it per bucket: give
-/// such buckets `SpinMutex`. The thread token lives in a `thread_local`; in a
+/// nothing is ever biased and this is a `SpinMutex`. A bucket on which
+/// anything waits is revoked at the first wake-up (the timer thread takes the
+/// lock), after which each call costs a little more than a `SpinMutex`'s; a
+/// bucket made per connection and touched by two threads pays a revocation
+/// each. Hence `SpinMutex` is the default, and this is for a bucket that one
+/// thread owns and that never waits. The thread token lives in a `thread_local`; in a
 /// shared library built with -fPIC reading it costs a call to __tls_get_addr.
 class BiasedMutex {
  public:
@@ -172,6 +175,16 @@ class BiasedMutex {
   std::atomic<bool> revoking_{false};  // set once, under the lock, never cleared
   std::atomic<bool> active_{false};    // the owner is inside (written by the owner only)
   alignas(64) SpinMutex lock_;
+};
+
+/// A bucket enters a BiasedMutex through the owner's way when it can, and
+/// ends the bias without a barrier when it is destroyed.
+template <>
+struct mutex_traits<BiasedMutex> {
+  static constexpr bool single_threaded = false;
+  [[gnu::always_inline]] static bool try_enter_fast(BiasedMutex& m) noexcept { return m.try_enter_biased(); }
+  [[gnu::always_inline]] static void leave_fast(BiasedMutex& m) noexcept { m.leave_biased(); }
+  static void before_teardown(BiasedMutex& m) noexcept { m.end_bias_for_teardown(); }
 };
 
 }  // namespace tollgate

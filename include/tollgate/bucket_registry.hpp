@@ -23,7 +23,7 @@
 #include <utility>
 #include <vector>
 
-#include "detail/bucket_core.hpp"
+#include "detail/bucket_step.hpp"
 #include "detail/fine_time.hpp"
 #include "limit.hpp"
 #include "result.hpp"
@@ -99,8 +99,8 @@ class BucketRegistry {
   };
 
  private:
-  struct Heavy {
-    Heavy(const Limit& l, const Clock& c, Scheduler<Clock>* s) : bucket(l, c, s) {}
+  struct FullBucket {
+    FullBucket(const Limit& l, const Clock& c, Scheduler<Clock>* s) : bucket(l, c, s) {}
     bucket_type bucket;
     std::atomic<std::uint32_t> pins{0};
   };
@@ -111,27 +111,27 @@ class BucketRegistry {
   class Handle {
    public:
     Handle() noexcept = default;
-    Handle(const Handle& o) noexcept : heavy_(o.heavy_) { pin(); }
-    Handle(Handle&& o) noexcept : heavy_(std::exchange(o.heavy_, nullptr)) {}
+    Handle(const Handle& o) noexcept : full_(o.full_) { pin(); }
+    Handle(Handle&& o) noexcept : full_(std::exchange(o.full_, nullptr)) {}
     Handle& operator=(Handle o) noexcept {
-      std::swap(heavy_, o.heavy_);
+      std::swap(full_, o.full_);
       return *this;
     }
     ~Handle() {
-      if (heavy_) heavy_->pins.fetch_sub(1, std::memory_order_release);
+      if (full_) full_->pins.fetch_sub(1, std::memory_order_release);
     }
-    explicit operator bool() const noexcept { return heavy_ != nullptr; }
-    bucket_type* get() const noexcept { return heavy_ ? &heavy_->bucket : nullptr; }
+    explicit operator bool() const noexcept { return full_ != nullptr; }
+    bucket_type* get() const noexcept { return full_ ? &full_->bucket : nullptr; }
     bucket_type* operator->() const noexcept { return get(); }
     bucket_type& operator*() const noexcept { return *get(); }
 
    private:
     friend class BucketRegistry;
-    explicit Handle(Heavy* h) noexcept : heavy_(h) { pin(); }
+    explicit Handle(FullBucket* h) noexcept : full_(h) { pin(); }
     void pin() noexcept {
-      if (heavy_) heavy_->pins.fetch_add(1, std::memory_order_relaxed);
+      if (full_) full_->pins.fetch_add(1, std::memory_order_relaxed);
     }
-    Heavy* heavy_ = nullptr;
+    FullBucket* full_ = nullptr;
   };
 
   explicit BucketRegistry(Options options, Clock clock = Clock{}, Scheduler<Clock>* scheduler = nullptr)
@@ -146,7 +146,7 @@ class BucketRegistry {
     if (options_.overflow == OverflowPolicy::shared_bucket) {
       const Limit l = options_.overflow_limit.value_or(options_.default_limit);
       l.validate("BucketRegistry::BucketRegistry (overflow_limit)");
-      overflow_ = std::make_unique<Heavy>(l, clock_, scheduler_);
+      overflow_ = std::make_unique<FullBucket>(l, clock_, scheduler_);
     }
   }
 
@@ -155,7 +155,7 @@ class BucketRegistry {
 
   ~BucketRegistry() {
     for (Shard& s : shards_)
-      for (Entry& e : s.entries) delete e.heavy;
+      for (Entry& e : s.entries) delete e.full;
   }
 
   /// Takes `cost` from `key`'s bucket now if the tokens are there; never
@@ -173,8 +173,8 @@ class BucketRegistry {
       {
         std::lock_guard lock(shard.mutex);
         if (Entry* e = find_or_insert(shard, h, key, now_tp, attempt)) [[likely]] {
-          if (e->heavy) return e->heavy->bucket.try_acquire_at(now_tp, cost);
-          return compact_try(shard, *e, observe(shard, now_tp), cost);
+          if (e->full) return e->full->bucket.try_acquire_at(now_tp, cost);
+          return shard.tiers[e->tier].try_take(e->tat, observe(shard, now_tp), cost);
         }
       }
       if (attempt == 1) return overflow_ ? overflow_->bucket.try_acquire_at(now_tp, cost) : rejected();
@@ -202,13 +202,13 @@ class BucketRegistry {
       {
         std::lock_guard lock(shard.mutex);
         if (Entry* e = find_or_insert(shard, h, key, now_tp, attempt)) {
-          if (!e->heavy) {
-            auto heavy = std::make_unique<Heavy>(shard.tiers[e->tier].limit, clock_, scheduler_);
-            heavy->bucket.import_state(epoch_, e->tat);
-            e->heavy = heavy.release();
-            ++shard.heavy_count;
+          if (!e->full) {
+            auto full = std::make_unique<FullBucket>(shard.tiers[e->tier].limit, clock_, scheduler_);
+            full->bucket.import_state(epoch_, e->tat);
+            e->full = full.release();
+            ++shard.full_count;
           }
-          return Handle(e->heavy);
+          return Handle(e->full);
         }
       }
       if (attempt == 1) return overflow_ ? Handle(overflow_.get()) : Handle();
@@ -274,26 +274,12 @@ class BucketRegistry {
   }
 
  private:
-  struct Tier {
-    Limit limit;
-    detail::fine_t tau;
-    double last_cost = -1;
-    detail::fine_t last_interval = 0;
-    detail::fine_t last_slack = 0;  // the cached cost's rounding allowance
-    detail::fine_t interval(double cost) noexcept {
-      if (cost != last_cost) {
-        last_cost = cost;
-        last_interval = detail::fine_interval(cost, limit.rate);
-        last_slack = detail::admission_slack(cost, limit.capacity, tau);
-      }
-      return last_interval;
-    }
-  };
+  using Tier = detail::BucketStep;  // a distinct limit of a shard's keys
 
   struct Entry {
     Key key;
-    detail::fine_t tat;      // compact state (registry-relative) while `heavy` is null
-    Heavy* heavy = nullptr;  // the full bucket, when one is in use (owned)
+    detail::fine_t tat;      // compact state (registry-relative) while `full` is null
+    FullBucket* full = nullptr;  // the full bucket, when one is in use (owned)
     std::uint32_t tier = 0;
   };
 
@@ -304,7 +290,7 @@ class BucketRegistry {
     std::vector<Tier> tiers;           // distinct limits of this shard's keys
     detail::fine_t last_now = std::numeric_limits<std::int64_t>::min();
     std::size_t cursor = 0;
-    std::size_t heavy_count = 0;  // entries with a full bucket
+    std::size_t full_count = 0;  // entries with a full bucket
     // No compact entry can be fresh before this instant (set by full sweeps;
     // compact state only ever moves later, so it stays a valid lower bound).
     detail::fine_t fresh_not_before = std::numeric_limits<std::int64_t>::min();
@@ -340,21 +326,6 @@ class BucketRegistry {
     return s.last_now;
   }
 
-  static AcquireResult compact_try(Shard& s, Entry& e, detail::fine_t now, double cost) noexcept {
-    Tier& t = s.tiers[e.tier];
-    const AcquireResult check = detail::check_cost(cost, t.limit.capacity);
-    if (!check) [[unlikely]]
-      return check;
-    const detail::fine_t iv = t.interval(cost);
-    detail::fine_t base = e.tat;
-    if (base < now - t.tau) base = now - t.tau;
-    const detail::fine_t end = base + iv;
-    if (end <= now + t.last_slack) {
-      e.tat = end;
-      return AcquireResult::acquired();
-    }
-    return AcquireResult::not_now(detail::to_ns_ceil(end - now));
-  }
 
   // ---- the open-addressing index ----------------------------------------------
   static std::uint32_t hash32(std::size_t h) noexcept { return static_cast<std::uint32_t>(h); }
@@ -395,7 +366,7 @@ class BucketRegistry {
     return i;
   }
 
-  // Removes entry `index` (its heavy bucket already dealt with).
+  // Removes entry `index` (its full bucket already dealt with).
   void erase(Shard& s, std::size_t index) noexcept {
     const std::size_t mask = s.slots.size() - 1;
     // 1. Empty its slot, shifting later members of the probe run back.
@@ -424,7 +395,7 @@ class BucketRegistry {
     for (std::size_t i = 0; i < s.tiers.size(); ++i)
       if (s.tiers[i].limit == limit) return static_cast<std::uint32_t>(i);
     limit.validate("BucketRegistry: policy");
-    s.tiers.push_back(Tier{limit, detail::fine_interval(limit.capacity, limit.rate)});
+    s.tiers.emplace_back(limit);
     return static_cast<std::uint32_t>(s.tiers.size() - 1);
   }
 
@@ -457,20 +428,20 @@ class BucketRegistry {
   // Folds an unheld full bucket back into the compact form if it is idle.
   // Returns false while the entry's full bucket is held or has waiters.
   bool fold(Shard& s, Entry& e) {
-    if (!e.heavy) return true;
+    if (!e.full) return true;
     detail::fine_t tat;
-    if (e.heavy->pins.load(std::memory_order_acquire) != 0 || !e.heavy->bucket.export_state(epoch_, tat))
+    if (e.full->pins.load(std::memory_order_acquire) != 0 || !e.full->bucket.export_state(epoch_, tat))
       return false;
-    delete e.heavy;
-    e.heavy = nullptr;
+    delete e.full;
+    e.full = nullptr;
     e.tat = tat;
-    --s.heavy_count;
+    --s.full_count;
     if (tat + s.tiers[e.tier].tau < s.fresh_not_before) s.fresh_not_before = tat + s.tiers[e.tier].tau;
     return true;
   }
 
   bool fresh(const Shard& s, const Entry& e, detail::fine_t now) const noexcept {
-    return now - e.tat >= s.tiers[e.tier].tau;
+    return s.tiers[e.tier].full(e.tat, now);
   }
 
   // Examines up to `n` entries from the cursor: folds unheld full buckets back
@@ -482,7 +453,7 @@ class BucketRegistry {
       // A full sweep. Nothing to find before the shard's bound (unless a full
       // bucket may fold back): at the key cap under a flood of new keys this
       // makes refusals O(1) instead of a scan per request.
-      if (now < s.fresh_not_before && s.heavy_count == 0) return 0;
+      if (now < s.fresh_not_before && s.full_count == 0) return 0;
       detail::fine_t bound = detail::fine_max;
       // Backwards: erasing entry i moves the last one, already examined, into i.
       for (std::size_t i = s.entries.size(); i-- > 0;) {
@@ -490,11 +461,11 @@ class BucketRegistry {
         if (fold(s, e) && fresh(s, e, now)) {
           erase(s, i);
           ++evicted;
-        } else if (!e.heavy) {
+        } else if (!e.full) {
           bound = std::min(bound, e.tat + s.tiers[e.tier].tau);
         }
       }
-      s.fresh_not_before = s.heavy_count == 0 ? bound : now;
+      s.fresh_not_before = s.full_count == 0 ? bound : now;
       s.cursor = 0;
       return evicted;
     }
@@ -516,7 +487,7 @@ class BucketRegistry {
   Scheduler<Clock>* scheduler_;
   time_point epoch_;
   std::vector<Shard> shards_;
-  std::unique_ptr<Heavy> overflow_;
+  std::unique_ptr<FullBucket> overflow_;
   std::atomic<std::size_t> size_{0};
 };
 

@@ -1,5 +1,6 @@
 #pragma once
-// CoarseSteadyClock: a monotonic clock that costs a few ns instead of ~20.
+// CoarseSteadyClock: a monotonic clock cheaper to read than steady_clock, at
+// the kernel tick's resolution.
 
 #include <chrono>
 #include <ctime>

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "costs.hpp"
-#include "detail/multi_core.hpp"
+#include "detail/set_core.hpp"
 #include "detail/waiting_bucket.hpp"
 #include "limit.hpp"
 #include "result.hpp"
@@ -57,9 +57,9 @@ struct Dimension {
 /// Thread safety and waiting: as TokenBucket (the same scheduler rules and
 /// front-ends: `acquire`, `acquire_for`, `acquire_blocking`, `acquire_permit`).
 template <class Clock = std::chrono::steady_clock, class Mutex = SpinMutex>
-class LimitSet : public detail::WaitingBucket<detail::MultiCore, Clock, Mutex> {
-  using Base = detail::WaitingBucket<detail::MultiCore, Clock, Mutex>;
-  using Core = detail::MultiCore;
+class LimitSet : public detail::WaitingBucket<detail::SetCore, Clock, Mutex> {
+  using Base = detail::WaitingBucket<detail::SetCore, Clock, Mutex>;
+  using Core = detail::SetCore;
   using fine_t = detail::fine_t;
 
  public:
@@ -170,7 +170,7 @@ class LimitSet : public detail::WaitingBucket<detail::MultiCore, Clock, Mutex> {
   /// `std::invalid_argument` unless finite and >= 0.
   void set_max_debt(std::size_t i, double tokens) {
     check_index("LimitSet::set_max_debt", i);
-    detail::BucketCore::check_amount("LimitSet::set_max_debt", "tokens", tokens);
+    detail::check_amount("LimitSet::set_max_debt", "tokens", tokens);
     std::lock_guard lock(mutex_);
     core_.set_max_debt(i, tokens);
   }
@@ -187,7 +187,7 @@ class LimitSet : public detail::WaitingBucket<detail::MultiCore, Clock, Mutex> {
   /// infinite value and `std::out_of_range` for a bad index.
   void limit_remaining(std::size_t i, double remaining) {
     check_index("LimitSet::limit_remaining", i);
-    detail::BucketCore::check_amount("LimitSet::limit_remaining", "remaining", remaining);
+    detail::check_amount("LimitSet::limit_remaining", "remaining", remaining);
     this->mutate([&](Core& core, fine_t t, detail::WaiterList&) { core.limit_remaining(t, i, remaining); });
   }
 

@@ -302,7 +302,7 @@ class RedisLimitSet {
   /// failed. Throws `std::out_of_range` / `std::invalid_argument` for bad input.
   bool limit_remaining(std::size_t i, double remaining) {
     if (i >= dims_.size()) throw std::out_of_range("RedisLimitSet::limit_remaining: dimension out of range");
-    tollgate::detail::BucketCore::check_amount("RedisLimitSet::limit_remaining", "remaining", remaining);
+    tollgate::detail::check_amount("RedisLimitSet::limit_remaining", "remaining", remaining);
     if (remaining >= dims_[i].limit.capacity) return true;
     auto args = header("remaining");
     args.push_back(std::to_string(i));
@@ -674,7 +674,7 @@ class RedisLimitSet {
       throw std::invalid_argument(os.str());
     }
     for (std::size_t d = 0; d < dims_.size(); ++d) {
-      tollgate::detail::BucketCore::check_amount(who, "costs", costs[d]);
+      tollgate::detail::check_amount(who, "costs", costs[d]);
       q.iv[d] = std::min(ceil_ns(costs[d], dims_[d].limit.rate), max_tau_ns);
     }
     q.costs = costs;
@@ -802,7 +802,7 @@ class RedisLimitSet {
         if (options_.max_debt.size() != dims_.size())
           throw std::invalid_argument("RedisLimitSet: max_debt has " + std::to_string(options_.max_debt.size()) +
                                       " values for " + std::to_string(dims_.size()) + " dimensions");
-        tollgate::detail::BucketCore::check_amount("RedisLimitSet", "max_debt", options_.max_debt[d]);
+        tollgate::detail::check_amount("RedisLimitSet", "max_debt", options_.max_debt[d]);
         max_debt_ns_[d] = std::min(ceil_ns(options_.max_debt[d], l.rate), max_debt_limit_ns);  // the script's range
       } else {
         max_debt_ns_[d] = tau_[d];

@@ -1,7 +1,7 @@
 #pragma once
-// SpinMutex: the default Mutex of LimitSet and BucketRegistry (and the lock
-// inside TokenBucket's default, BiasedMutex); a lock for critical sections of
-// a few nanoseconds.
+// SpinMutex: the default Mutex of TokenBucket, LimitSet and BucketRegistry
+// (and the lock inside BiasedMutex); a lock for critical sections of a few
+// nanoseconds.
 
 #include <atomic>
 #include <thread>
@@ -10,8 +10,8 @@ namespace tollgate {
 
 /// A test-and-test-and-set spin lock that yields the CPU after a short spin.
 ///
-/// Why a spin lock: a bucket's lock guards only arithmetic
-/// (about 2 ns) — never a blocking call, never user code — so a waiter for
+/// Why a spin lock: a bucket's lock guards only arithmetic (a few
+/// nanoseconds) — never a blocking call, never user code — so a waiter for
 /// the lock almost always gets it within a few spins. Unlocking is a plain
 /// release store (std::mutex needs an atomic read-modify-write to know whether
 /// to wake a sleeper), which makes an uncontended lock/unlock about half the

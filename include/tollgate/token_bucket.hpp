@@ -53,9 +53,11 @@ class BucketRegistry;
 /// seen is treated as that one. Arithmetic is exact (fixed point, 2^-32 ns).
 ///
 /// Thread safety: every member function may be called concurrently when
-/// `Mutex` is a real mutex (the default `BiasedMutex`, `SpinMutex`,
-/// `std::mutex`); with `NullMutex`, from one thread only. The bucket must outlive its waiters' operations.
-template <class Clock = std::chrono::steady_clock, class Mutex = BiasedMutex>
+/// `Mutex` is a real mutex (the default `SpinMutex`, `std::mutex`, or
+/// `BiasedMutex` for a bucket one thread owns and that never waits); with
+/// `NullMutex`, from one thread only. `mutex_traits<Mutex>` says what else
+/// the lock can do. The bucket must outlive its waiters' operations.
+template <class Clock = std::chrono::steady_clock, class Mutex = SpinMutex>
 class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mutex> {
   using Base = detail::WaitingBucket<detail::BucketCore, Clock, Mutex>;
 
@@ -91,12 +93,10 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
   /// `try_acquire` at an explicit instant of this bucket's clock.
   AcquireResult try_acquire_at(time_point now, double cost = 1) {
     const detail::fine_t t = rel(now);
-    if constexpr (detail::biased_mutex<Mutex>) {
-      if (mutex_.try_enter_biased()) [[likely]] {
-        const AcquireResult r = core_.try_acquire(t, cost);
-        mutex_.leave_biased();
-        return r;
-      }
+    if (mutex_traits<Mutex>::try_enter_fast(mutex_)) {
+      const AcquireResult r = core_.try_acquire(t, cost);
+      mutex_traits<Mutex>::leave_fast(mutex_);
+      return r;
     }
     std::lock_guard lock(mutex_);
     return core_.try_acquire(t, cost);
@@ -165,7 +165,7 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
   /// credited. Throws `std::invalid_argument` for a negative, NaN or infinite cost.
   double refund(double cost) { return refund_at(clock_.now(), cost); }
   double refund_at(time_point now, double cost) {
-    detail::BucketCore::check_amount("TokenBucket::refund", "cost", cost);
+    detail::check_amount("TokenBucket::refund", "cost", cost);
     return this->mutate_at(rel(now), [&](detail::BucketCore& core, detail::fine_t t, detail::WaiterList&) {
       return core.refund(t, cost);
     });
@@ -181,7 +181,7 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
   /// Throws `std::invalid_argument` for a negative, NaN or infinite cost,
   /// and `std::overflow_error` for a debt beyond the clock's range.
   void charge(double cost) {
-    detail::BucketCore::check_amount("TokenBucket::charge", "cost", cost);
+    detail::check_amount("TokenBucket::charge", "cost", cost);
     this->mutate([&](detail::BucketCore& core, detail::fine_t t, detail::WaiterList&) {
       if (!core.charge(t, cost)) throw std::overflow_error("TokenBucket::charge: debt beyond the clock's range");
     });
@@ -191,7 +191,7 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
   /// finite and >= 0 (0: overruns are never charged). Throws
   /// `std::invalid_argument` otherwise. Survives `set_limit`.
   void set_max_debt(double tokens) {
-    detail::BucketCore::check_amount("TokenBucket::set_max_debt", "tokens", tokens);
+    detail::check_amount("TokenBucket::set_max_debt", "tokens", tokens);
     std::lock_guard lock(mutex_);
     core_.set_max_debt(tokens);
   }
@@ -205,7 +205,7 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
   /// the unreserved tokens become at most `remaining`, never more than they
   /// were. Throws `std::invalid_argument` for a negative, NaN or infinite `remaining`.
   void limit_remaining(double remaining) {
-    detail::BucketCore::check_amount("TokenBucket::limit_remaining", "remaining", remaining);
+    detail::check_amount("TokenBucket::limit_remaining", "remaining", remaining);
     this->mutate([&](detail::BucketCore& core, detail::fine_t t, detail::WaiterList&) { core.limit_remaining(t, remaining); });
   }
 

@@ -83,26 +83,98 @@ class WaiterList {
   std::size_t size_ = 0;
 };
 
-/// Moves the granted waiters of `ready` to `out`, marking them out of the bucket.
-inline void take_ready(WaiterList& ready, WaiterList& out) noexcept {
-  for (Waiter* w = ready.front(); w; w = w->next) w->place = WaiterPlace::none;
-  out.splice_back(ready);
-}
+/// What a core's `admit` did with a request.
+struct Admission {
+  AcquireResult result;  // acquired / not_now / never / invalid, or ...
+  bool queued = false;   // ... true: the waiter was queued; result is unused
+  fine_t due = 0;        // when queued: the instant it is due, as of now
+};
 
-/// Bucket teardown: pending waiters finish `cancelled`, granted ones keep
-/// `acquired`; all are appended to `finished`.
-inline void cancel_all(WaiterList& pending, WaiterList& ready, WaiterList& finished) noexcept {
-  for (WaiterList* l : {&pending, &ready}) {
-    while (Waiter* w = l->pop_front()) {
-      if (w->place == WaiterPlace::pending) {
-        w->outcome = Status::cancelled;
-        w->reason = Reason::bucket_destroyed;
-      }
-      w->place = WaiterPlace::none;
-      finished.push_back(*w);
-    }
+/// What a core's `remove` found.
+enum class Removal {
+  removed,     // it was queued; its cost is back in the bucket (or refunded)
+  granted,     // it was already granted; the timer side will complete it
+  not_queued,  // it was never queued, or already completed
+};
+
+/// A core's waiters: `pending` (queued, not yet due, FIFO), `ready` (granted,
+/// not yet completed) and `finished` (finished by the core on its own: a
+/// re-timing pushed them past their deadline). The lock holder moves `ready`
+/// and `finished` out with `take_ready` and completes them after unlocking.
+struct WaiterQueue {
+  WaiterList pending;
+  WaiterList ready;
+  WaiterList finished;
+
+  bool idle() const noexcept { return pending.empty() && ready.empty() && finished.empty(); }
+  /// True when some waiter is granted or finished but not yet completed.
+  bool has_done() const noexcept { return !ready.empty() || !finished.empty(); }
+
+  void enqueue(Waiter& w) noexcept {
+    w.place = WaiterPlace::pending;
+    pending.push_back(w);
   }
-}
+  /// A pending waiter is granted.
+  void grant(Waiter& w) noexcept {
+    pending.remove(w);
+    w.place = WaiterPlace::ready;
+    w.outcome = Status::acquired;
+    ready.push_back(w);
+  }
+  /// A pending waiter leaves the queue finished with `s`, appended to `out`.
+  static void finish(WaiterList& from, Waiter& w, Status s, Reason r, WaiterList& out) noexcept {
+    from.remove(w);
+    w.place = WaiterPlace::none;
+    w.outcome = s;
+    w.reason = r;
+    out.push_back(w);
+  }
+
+  /// Takes `w` out: a pending one through `on_pending(w)` (the core gives its
+  /// cost back), a granted one through `on_abandon(w)` only when `abandon`.
+  template <class OnPending, class OnAbandon>
+  Removal remove(Waiter& w, bool abandon, OnPending&& on_pending, OnAbandon&& on_abandon) noexcept {
+    switch (w.place) {
+      case WaiterPlace::pending:
+        pending.remove(w);
+        w.place = WaiterPlace::none;
+        on_pending(w);
+        return Removal::removed;
+      case WaiterPlace::ready:
+        if (!abandon) return Removal::granted;
+        ready.remove(w);
+        w.place = WaiterPlace::none;
+        on_abandon(w);
+        return Removal::removed;
+      case WaiterPlace::none:
+        break;
+    }
+    return Removal::not_queued;
+  }
+
+  /// Moves the granted waiters, then those the core finished, to `out`.
+  void take_ready(WaiterList& out) noexcept {
+    for (Waiter* w = ready.front(); w; w = w->next) w->place = WaiterPlace::none;
+    out.splice_back(ready);
+    out.splice_back(finished);
+  }
+
+  /// Teardown: pending waiters finish `cancelled`, granted ones keep
+  /// `acquired`; all are appended to `out`.
+  void cancel_all(WaiterList& out) noexcept {
+    for (WaiterList* l : {&pending, &ready}) {
+      while (Waiter* w = l->pop_front()) {
+        if (w->place == WaiterPlace::pending) {
+          w->outcome = Status::cancelled;
+          w->reason = Reason::bucket_destroyed;
+        }
+        w->place = WaiterPlace::none;
+        out.push_back(*w);
+      }
+    }
+    out.splice_back(finished);
+  }
+};
 
 /// Completes every node of `list` (outside any lock), in FIFO order.
 ///

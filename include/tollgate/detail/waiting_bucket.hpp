@@ -25,7 +25,7 @@
 #include <type_traits>
 #include <utility>
 
-#include "../null_mutex.hpp"
+#include "../mutex_traits.hpp"
 #include "../result.hpp"
 #include "../scheduler.hpp"
 #include "../timer_thread_scheduler.hpp"
@@ -34,14 +34,6 @@
 #include "waiter.hpp"
 
 namespace tollgate::detail {
-
-/// A Mutex with an owner's way in that needs no lock (BiasedMutex).
-template <class M>
-concept biased_mutex = requires(M& m) {
-  { m.try_enter_biased() } -> std::same_as<bool>;
-  m.leave_biased();
-  m.end_bias_for_teardown();
-};
 
 template <class Core, class Clock, class Mutex>
 class WaitingBucket {
@@ -238,7 +230,7 @@ class WaitingBucket {
     bool await_suspend(std::coroutine_handle<> handle) {
       node_.handle = handle;
       if (stop_.stop_possible()) node_.stop_callback.emplace(stop_, Canceller{&bucket_, &node_});
-      if constexpr (std::is_same_v<Mutex, NullMutex>) {
+      if constexpr (mutex_traits<Mutex>::single_threaded) {
         // One thread only: nothing can complete the node concurrently, so a
         // load and a store replace the exchange (the stop callback above may
         // have completed it, on this thread).
@@ -337,7 +329,7 @@ class WaitingBucket {
   /// already granted).
   ~WaitingBucket() {
     if (scheduler_type* s = timer_owner_) s->disarm(timer_);
-    if constexpr (biased_mutex<Mutex>) mutex_.end_bias_for_teardown();
+    mutex_traits<Mutex>::before_teardown(mutex_);
     WaiterList done;
     {
       std::lock_guard lock(mutex_);
@@ -469,13 +461,11 @@ class WaitingBucket {
   [[gnu::always_inline]] AcquireResult begin(const cost_type& cost, fine_t max_wait, MakeNode make_node,
                                              bool& queued) {
     const fine_t t = rel(clock_.now());
-    if constexpr (biased_mutex<Mutex>) {
-      if (mutex_.try_enter_biased()) [[likely]] {
-        const bool taken = core_.take_fast(t, cost);
-        mutex_.leave_biased();
-        if (taken) [[likely]]
-          return AcquireResult::acquired();
-      }
+    if (mutex_traits<Mutex>::try_enter_fast(mutex_)) {
+      const bool taken = core_.take_fast(t, cost);
+      mutex_traits<Mutex>::leave_fast(mutex_);
+      if (taken) [[likely]]
+        return AcquireResult::acquired();
     }
     std::unique_lock lock(mutex_);
     if (core_.take_fast(t, cost)) [[likely]]
@@ -544,7 +534,7 @@ class WaitingBucket {
   void on_timer() noexcept {
     mutate([&](Core& core, fine_t t, WaiterList&) {
       armed_at_ = fine_max;
-      core.observe(t);
+      core.grant_due(t);
     });
   }
 

@@ -1,6 +1,7 @@
 #pragma once
-// MultiCore: the arithmetic and FIFO queue of a LimitSet, several token
-// buckets ("dimensions") taken all or nothing, as pure functions of `now`.
+// SetCore: the arithmetic and FIFO queue of a LimitSet, several token
+// buckets ("dimensions", each a BucketStep) taken all or nothing, as pure
+// functions of `now`.
 // No clock, no lock: the caller holds the lock.
 //
 // Each dimension d keeps `start[d]`: the instant up to which everything
@@ -32,61 +33,58 @@
 
 #include <algorithm>
 #include <array>
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <sstream>
 #include <stdexcept>
+#include <string>
 
 #include "../costs.hpp"
 #include "../limit.hpp"
 #include "../result.hpp"
-#include "bucket_core.hpp"
+#include "bucket_step.hpp"
 #include "fine_time.hpp"
 #include "waiter.hpp"
 
 namespace tollgate::detail {
 
 /// A LimitSet's queue node: the cost vector and its refill times.
-struct MultiWaiter : Waiter {
+struct SetWaiter : Waiter {
   Costs costs;
   std::array<fine_t, max_dimensions> iv{};
 };
 
-class MultiCore {
+class SetCore {
  public:
   using cost_type = Costs;
-  using waiter_type = MultiWaiter;
-  static void set_cost(MultiWaiter& w, const Costs& c) noexcept { w.costs = c; }
+  using waiter_type = SetWaiter;
+  static void set_cost(SetWaiter& w, const Costs& c) noexcept { w.costs = c; }
   static Costs zero_like(const Costs& c) noexcept { return Costs::zeros(c.size()); }
 
   /// Throws `std::invalid_argument` unless every value of `v` is finite and
   /// >= 0 and (when `like` is given) `v` has as many values as `*like`.
   static void check_amount(const char* who, const char* what, const Costs& v, const Costs* like = nullptr) {
-    std::ostringstream os;
     if (like && v.size() != like->size()) {
+      std::ostringstream os;
       os << who << ": " << what << " has " << v.size() << " values, expected " << like->size();
       throw std::invalid_argument(os.str());
     }
-    for (std::size_t d = 0; d < v.size(); ++d) {
-      if (v[d] >= 0 && !std::isinf(v[d])) continue;
-      os << who << ": " << what << "[" << d << "] must be finite and >= 0, got " << v[d];
-      throw std::invalid_argument(os.str());
-    }
+    for (std::size_t d = 0; d < v.size(); ++d)
+      detail::check_amount(who, (std::string(what) + "[" + std::to_string(d) + "]").c_str(), v[d]);
   }
 
   /// A full set at relative time 0. Limits must be valid, 1..max_dimensions of them.
-  explicit MultiCore(std::span<const Limit> limits) noexcept : n_(limits.size()) {
+  explicit SetCore(std::span<const Limit> limits) noexcept : n_(limits.size()) {
     for (std::size_t d = 0; d < n_; ++d) {
-      apply(d, limits[d]);
-      dims_[d].start = -dims_[d].tau;
+      dims_[d].step.apply(limits[d]);
+      dims_[d].start = -dims_[d].step.tau;
     }
     tail_end_ = starts();
   }
 
   std::size_t size() const noexcept { return n_; }
-  const Limit& limit(std::size_t d) const noexcept { return dims_[d].limit; }
+  const Limit& limit(std::size_t d) const noexcept { return dims_[d].step.limit; }
   void set_horizon(fine_t horizon) noexcept { horizon_ = horizon; }
 
   /// `acquired` when `c` is usable; otherwise the failure, naming the dimension.
@@ -94,7 +92,7 @@ class MultiCore {
     if (c.size() != n_) [[unlikely]]
       return AcquireResult::failed(Status::invalid, Reason::wrong_dimension_count, static_cast<double>(c.size()));
     for (std::size_t d = 0; d < n_; ++d) {
-      const AcquireResult r = check_cost(c[d], dims_[d].limit.capacity);
+      const AcquireResult r = check_cost(c[d], dims_[d].step.limit.capacity);
       if (!r) [[unlikely]]
         return AcquireResult::failed(r.status(), r.reason_code(), c[d], static_cast<std::uint8_t>(d));
     }
@@ -103,7 +101,7 @@ class MultiCore {
 
   /// Clamps `now` to the latest instant seen and grants every pending waiter
   /// due by then. Returns the clamped now.
-  fine_t observe(fine_t now) noexcept {
+  fine_t grant_due(fine_t now) noexcept {
     if (now < last_now_) now = last_now_;
     else last_now_ = now;
     if (now < paused_until_) return now;
@@ -111,10 +109,7 @@ class MultiCore {
       const fine_t g = due(floor_, starts_view(), w->iv);
       if (g > now) break;
       grant(g, w->iv);
-      pending_.remove(*w);
-      w->place = WaiterPlace::ready;
-      w->outcome = Status::acquired;
-      ready_.push_back(*w);
+      q_.grant(*w);
     }
     return now;
   }
@@ -124,7 +119,7 @@ class MultiCore {
     const AcquireResult chk = check(c);
     if (!chk) [[unlikely]]
       return chk;
-    now = observe(now);
+    now = grant_due(now);
     std::array<fine_t, max_dimensions> iv;
     intervals(c, iv);
     if (grantable_now(now, iv)) {
@@ -138,11 +133,11 @@ class MultiCore {
   bool take_fast(fine_t now, const Costs& c) noexcept { return try_acquire(now, c).ok(); }
 
   /// Like try_acquire, but queues `w` (FIFO) when the wait is at most `max_wait`.
-  Admission admit(fine_t now, MultiWaiter& w, fine_t max_wait) noexcept {
+  Admission admit(fine_t now, SetWaiter& w, fine_t max_wait) noexcept {
     const AcquireResult chk = check(w.costs);
     if (!chk) [[unlikely]]
       return {chk};
-    now = observe(now);
+    now = grant_due(now);
     intervals(w.costs, w.iv);
     if (grantable_now(now, w.iv)) {
       commit_now(now, w.iv);
@@ -152,60 +147,45 @@ class MultiCore {
     if (g - now > max_wait) return {AcquireResult::not_now(to_ns_ceil(g - now))};
     if (g > horizon_) return {AcquireResult::failed(Status::invalid, Reason::wait_overflows_clock)};
     w.deadline = max_wait >= fine_max - now ? fine_max : now + max_wait;
-    w.place = WaiterPlace::pending;
-    if (pending_.empty()) {  // the prediction is just the current state
+    if (q_.pending.empty()) {  // the prediction is just the current state
       tail_end_ = starts();
       stale_ = false;
     }
     const bool fresh = !stale_;
-    pending_.push_back(w);
+    q_.enqueue(w);
     if (fresh) {  // extend the tail prediction by this waiter
       advance(g, tail_end_, w.iv);
       tail_due_ = g;
     }
-    return {AcquireResult::acquired(), true};
+    return {AcquireResult::acquired(), true, g};
   }
 
   /// As BucketCore::remove: a pending waiter leaves exactly (later waiters
   /// move up); a granted one is given back only when `abandon`.
   Removal remove(fine_t now, Waiter& base, bool abandon) noexcept {
-    now = observe(now);
-    auto& w = static_cast<MultiWaiter&>(base);
-    switch (w.place) {
-      case WaiterPlace::pending:
-        pending_.remove(w);
-        w.place = WaiterPlace::none;
-        changed(now);
-        return Removal::removed;
-      case WaiterPlace::ready:
-        if (!abandon) return Removal::granted;
-        ready_.remove(w);
-        w.place = WaiterPlace::none;
-        for (std::size_t d = 0; d < n_; ++d) give_back(now, d, w.iv[d]);
-        changed(now);
-        return Removal::removed;
-      case WaiterPlace::none:
-        break;
-    }
-    return Removal::not_queued;
+    now = grant_due(now);
+    const Removal r = q_.remove(
+        base, abandon, [](Waiter&) {},
+        [&](Waiter& w) {
+          for (std::size_t d = 0; d < n_; ++d) give_back(now, d, static_cast<SetWaiter&>(w).iv[d]);
+        });
+    if (r == Removal::removed) changed(now);
+    return r;
   }
 
   /// Moves the granted waiters, and those the core finished on its own (a
   /// re-timing pushed them past their deadline), to `out`.
-  void take_ready(WaiterList& out) noexcept {
-    detail::take_ready(ready_, out);
-    out.splice_back(finished_);
-  }
+  void take_ready(WaiterList& out) noexcept { q_.take_ready(out); }
 
   fine_t next_wake() const noexcept {
-    if (!ready_.empty() || !finished_.empty()) return last_now_;
+    if (q_.has_done()) return last_now_;
     if (const auto* w = head()) return due(floor_, starts_view(), w->iv);
     return fine_max;
   }
 
   /// As BucketCore::pause_until, for every dimension at once.
   void pause_until(fine_t now, fine_t until, WaiterList& finished) noexcept {
-    now = observe(now);
+    now = grant_due(now);
     if (until <= paused_until_) return;
     paused_until_ = until;
     floor_ = std::max(floor_, now);
@@ -216,9 +196,9 @@ class MultiCore {
 
   /// Gives `c` back, never above capacity in any dimension; waiters move up.
   void refund(fine_t now, const Costs& c) noexcept {
-    now = observe(now);
+    now = grant_due(now);
     for (std::size_t d = 0; d < n_; ++d)
-      if (c[d] > 0) give_back(now, d, fine_interval(std::min(c[d], dims_[d].limit.capacity), dims_[d].limit.rate));
+      if (c[d] > 0) refund_dim(now, d, c[d]);
     changed(now);
   }
 
@@ -233,27 +213,22 @@ class MultiCore {
   /// leaving at most the dimension's `max_debt` of debt (see set_max_debt).
   /// False (changing nothing) when a debt would pass the clock's range.
   bool settle(fine_t now, const Costs& estimate, const Costs& actual) noexcept {
-    now = observe(now);
+    now = grant_due(now);
     std::array<fine_t, max_dimensions> end{};
     bool later = false;
     for (std::size_t d = 0; d < n_; ++d) {
-      if (!(actual[d] > estimate[d])) continue;
       const Dim& x = dims_[d];
-      const fine_t iv = fine_interval(actual[d] - estimate[d], x.limit.rate);  // saturates: finite input
-      const fine_t base = std::max(x.start, now - x.tau);
-      end[d] = now + x.max_debt_iv;  // the most debt allowed
-      if (iv < end[d] - base) end[d] = base + iv;
-      if (end[d] <= base) continue;  // already at (or past) the most debt allowed
+      end[d] = x.start;
+      if (!(actual[d] > estimate[d])) continue;
+      end[d] = x.step.charged(x.start, now, fine_interval(actual[d] - estimate[d], x.step.limit.rate));
+      if (end[d] == x.start) continue;
       if (end[d] > horizon_) return false;
       later = true;
     }
     for (std::size_t d = 0; d < n_; ++d) {
       Dim& x = dims_[d];
-      if (actual[d] > estimate[d]) {
-        if (end[d] > std::max(x.start, now - x.tau)) x.start = end[d];
-      } else if (actual[d] < estimate[d]) {
-        give_back(now, d, fine_interval(std::min(estimate[d] - actual[d], x.limit.capacity), x.limit.rate));
-      }
+      if (actual[d] > estimate[d]) x.start = end[d];
+      else if (actual[d] < estimate[d]) refund_dim(now, d, estimate[d] - actual[d]);
     }
     changed(now, later);
     return true;
@@ -261,115 +236,74 @@ class MultiCore {
 
   /// The most debt a charge or settle may leave in dimension d, in tokens;
   /// negative: one capacity (the default, following the capacity).
-  void set_max_debt(std::size_t d, double tokens) noexcept {
-    Dim& x = dims_[d];
-    x.max_debt = tokens;
-    x.max_debt_iv = tokens < 0 ? x.tau : fine_interval(tokens, x.limit.rate);
-  }
-  double max_debt(std::size_t d) const noexcept {
-    return dims_[d].max_debt < 0 ? dims_[d].limit.capacity : dims_[d].max_debt;
-  }
+  void set_max_debt(std::size_t d, double tokens) noexcept { dims_[d].step.set_max_debt(tokens); }
+  double max_debt(std::size_t d) const noexcept { return dims_[d].step.max_debt_tokens(); }
 
   /// Lowers dimension d's unreserved tokens to at most `remaining`; never raises them.
   void limit_remaining(fine_t now, std::size_t d, double remaining) noexcept {
-    now = observe(now);
+    now = grant_due(now);
     Dim& x = dims_[d];
-    if (remaining >= x.limit.capacity) return;
-    const fine_t floor = now - fine_interval(remaining, x.limit.rate);
-    if (x.start >= floor) return;
-    x.start = floor;
+    const fine_t start = x.step.lowered(x.start, now, remaining);
+    if (start == x.start) return;
+    x.start = start;
     changed(now, true);
   }
 
   /// Unreserved tokens of dimension d at `now` (0 while paused or while
   /// waiters are queued: a try_acquire could take nothing then).
   double available(fine_t now, std::size_t d) noexcept {
-    now = observe(now);
-    if (now < paused_until_ || !pending_.empty()) return 0;
-    const Dim& x = dims_[d];
-    return tokens_in(now - x.start, x.tau, x.limit, x.fine_per_unit);
+    now = grant_due(now);
+    if (now < paused_until_ || !q_.pending.empty()) return 0;
+    return dims_[d].step.tokens(dims_[d].start, now);
   }
 
   /// Settles dimension d's tokens under its old limit, applies `limit`, then
   /// re-times the queue: a waiter whose cost in d now exceeds the capacity
   /// finishes `never`, one pushed past its deadline `timed_out`.
   void reconfigure(fine_t now, std::size_t d, const Limit& limit, WaiterList& finished) noexcept {
-    now = observe(now);
-    Dim& x = dims_[d];
-    const fine_t start = std::max(x.start, now - x.tau);
-    const double tokens = static_cast<double>(now - start) / x.fine_per_unit;
-    apply(d, limit);
-    x.start = std::max(now - floor_fine(tokens * x.fine_per_unit), now - x.tau);  // never creates tokens
+    now = grant_due(now);
+    dims_[d].start = dims_[d].step.reconfigure(dims_[d].start, now, limit);  // never creates tokens
     floor_ = std::max(floor_, now);
     retime(d, finished);
-    observe(now);
+    grant_due(now);
   }
 
-  bool idle() const noexcept { return pending_.empty() && ready_.empty() && finished_.empty(); }
-  std::size_t waiters() const noexcept { return pending_.size(); }
-  void cancel_all(WaiterList& finished) noexcept {
-    detail::cancel_all(pending_, ready_, finished);
-    finished.splice_back(finished_);
-  }
+  bool idle() const noexcept { return q_.idle(); }
+  std::size_t waiters() const noexcept { return q_.pending.size(); }
+  void cancel_all(WaiterList& finished) noexcept { q_.cancel_all(finished); }
 
   /// True when every dimension is full, nothing is paused and nobody waits.
   bool is_fresh(fine_t now) noexcept {
-    now = observe(now);
+    now = grant_due(now);
     if (!idle() || now < paused_until_) return false;
     for (std::size_t d = 0; d < n_; ++d)
-      if (now - dims_[d].start < dims_[d].tau) return false;
+      if (!dims_[d].step.full(dims_[d].start, now)) return false;
     return true;
   }
 
  private:
   struct Dim {
-    Limit limit;
-    fine_t start = 0;        // paid-up-to instant of everything granted
-    fine_t tau = 0;          // refill time of a full bucket
-    double fine_per_unit = 0;
-    double last_cost = -1;   // one-entry interval cache
-    fine_t last_iv = 0;
-    fine_t last_slack = 0;   // ... and the cost's rounding allowance
-    double max_debt = -1;    // the most debt a charge may leave (< 0: one capacity)
-    fine_t max_debt_iv = 0;  // ... as refill time
+    BucketStep step;
+    fine_t start = 0;  // paid-up-to instant of everything granted
   };
-
-  void apply(std::size_t d, const Limit& limit) noexcept {
-    Dim& x = dims_[d];
-    x.limit = limit;
-    x.fine_per_unit = 1e9 * fine_per_ns_d / limit.rate;
-    x.tau = fine_interval(limit.capacity, limit.rate);
-    x.last_cost = -1;
-    set_max_debt(d, x.max_debt);
-  }
-
-  fine_t interval(std::size_t d, double cost) noexcept {
-    Dim& x = dims_[d];
-    if (cost != x.last_cost) {
-      x.last_cost = cost;
-      x.last_iv = fine_interval(cost, x.limit.rate);
-      x.last_slack = admission_slack(cost, x.limit.capacity, x.tau);
-    }
-    return x.last_iv;
-  }
 
   // Fills `iv` with the refill times of `c` (and each dimension's cache
   // with its cost's rounding allowance).
   void intervals(const Costs& c, std::array<fine_t, max_dimensions>& iv) noexcept {
-    for (std::size_t d = 0; d < n_; ++d) iv[d] = interval(d, c[d]);
+    for (std::size_t d = 0; d < n_; ++d) iv[d] = dims_[d].step.interval(c[d]);
   }
 
   // True when a newcomer whose refill times `intervals` just computed can be
   // granted at `now`: nobody queued, no pause, and every dimension has the
   // tokens, within its rounding allowance.
   bool grantable_now(fine_t now, const std::array<fine_t, max_dimensions>& iv) const noexcept {
-    if (!pending_.empty() || now < paused_until_ || now < floor_) return false;
+    if (!q_.pending.empty() || now < paused_until_ || now < floor_) return false;
     for (std::size_t d = 0; d < n_; ++d)
-      if (dims_[d].start + iv[d] > now + dims_[d].last_slack) return false;
+      if (!dims_[d].step.admits(dims_[d].start + iv[d], now)) return false;
     return true;
   }
 
-  MultiWaiter* head() const noexcept { return static_cast<MultiWaiter*>(pending_.front()); }
+  SetWaiter* head() const noexcept { return static_cast<SetWaiter*>(q_.pending.front()); }
 
   std::array<fine_t, max_dimensions> starts() const noexcept {
     std::array<fine_t, max_dimensions> s{};
@@ -396,13 +330,13 @@ class MultiCore {
   // Pays for `iv` in every dimension at grant instant `g` (tokens a
   // dimension could not hold by then are lost): on the predicted ends `e`.
   void advance(fine_t g, std::array<fine_t, max_dimensions>& e, const std::array<fine_t, max_dimensions>& iv) const noexcept {
-    for (std::size_t d = 0; d < n_; ++d) e[d] = std::max(e[d], g - dims_[d].tau) + iv[d];
+    for (std::size_t d = 0; d < n_; ++d) e[d] = dims_[d].step.end_of(e[d], g, iv[d]);
   }
 
   // The same on the dimensions themselves: a grant at `g` (never before the
   // latest instant seen, so `floor_` simply becomes `g`).
   void grant(fine_t g, const std::array<fine_t, max_dimensions>& iv) noexcept {
-    for (std::size_t d = 0; d < n_; ++d) dims_[d].start = std::max(dims_[d].start, g - dims_[d].tau) + iv[d];
+    for (std::size_t d = 0; d < n_; ++d) dims_[d].start = dims_[d].step.end_of(dims_[d].start, g, iv[d]);
     floor_ = g;
   }
 
@@ -416,7 +350,7 @@ class MultiCore {
   // When a newcomer with refill times `iv` would be granted: after the tail
   // of the queue (or now, if nobody waits).
   fine_t newcomer_due(fine_t now, const std::array<fine_t, max_dimensions>& iv) noexcept {
-    if (pending_.empty()) return due(std::max(floor_, now), starts_view(), iv);
+    if (q_.pending.empty()) return due(std::max(floor_, now), starts_view(), iv);
     refresh_tail();
     return due(std::max(tail_due_, now), tail_end_, iv);
   }
@@ -424,7 +358,7 @@ class MultiCore {
   // Waiters the re-timing finishes (timed out) are kept for take_ready:
   // whoever holds the lock completes them after releasing it.
   void refresh_tail() noexcept {
-    if (stale_) retime(n_, finished_);
+    if (stale_) retime(n_, q_.finished);
   }
 
   // Something moved the queue: grants from now on happen at `now` or later,
@@ -435,15 +369,19 @@ class MultiCore {
   void changed(fine_t now, bool later = false) noexcept {
     floor_ = std::max(floor_, now);
     stale_ = true;
-    if (later && !pending_.empty()) retime(n_, finished_);
-    observe(now);
+    if (later && !q_.pending.empty()) retime(n_, q_.finished);
+    grant_due(now);
+  }
+
+  // Gives `amount` back to dimension d, never above capacity.
+  void refund_dim(fine_t now, std::size_t d, double amount) noexcept {
+    const Limit& l = dims_[d].step.limit;
+    give_back(now, d, fine_interval(std::min(amount, l.capacity), l.rate));
   }
 
   // Moves dimension d's paid-up-to instant back by `iv`, never above capacity.
   void give_back(fine_t now, std::size_t d, fine_t iv) noexcept {
-    Dim& x = dims_[d];
-    fine_t target = std::max(x.start - iv, now - x.tau);
-    if (target < x.start) x.start = target;
+    dims_[d].start = dims_[d].step.given_back(dims_[d].start, now, iv);
   }
 
   // One pass over the queue from the head: recomputes every due instant and
@@ -454,16 +392,16 @@ class MultiCore {
   void retime(std::size_t changed_dim, WaiterList& finished) noexcept {
     fine_t g = floor_;
     std::array<fine_t, max_dimensions> e = starts();
-    for (Waiter* p = pending_.front(); p;) {
-      auto& w = static_cast<MultiWaiter&>(*p);
+    for (Waiter* p = q_.pending.front(); p;) {
+      auto& w = static_cast<SetWaiter&>(*p);
       p = p->next;
       if (changed_dim < n_) {
         const std::size_t d = changed_dim;
-        if (w.costs[d] > dims_[d].limit.capacity) {
+        if (w.costs[d] > dims_[d].step.limit.capacity) {
           drop(w, Status::never, Reason::cost_exceeds_new_capacity, static_cast<std::uint8_t>(d), w.costs[d], finished);
           continue;
         }
-        w.iv[d] = interval(d, w.costs[d]);
+        w.iv[d] = dims_[d].step.interval(w.costs[d]);
       }
       const fine_t due_w = due(g, e, w.iv);
       if (due_w > w.deadline || due_w > horizon_) {
@@ -478,14 +416,10 @@ class MultiCore {
     stale_ = false;
   }
 
-  void drop(MultiWaiter& w, Status s, Reason r, std::uint8_t dimension, double cost, WaiterList& finished) noexcept {
-    pending_.remove(w);
-    w.place = WaiterPlace::none;
-    w.outcome = s;
-    w.reason = r;
+  void drop(SetWaiter& w, Status s, Reason r, std::uint8_t dimension, double cost, WaiterList& finished) noexcept {
     w.dimension = dimension;
     w.cost = cost;
-    finished.push_back(w);
+    WaiterQueue::finish(q_.pending, w, s, r, finished);
   }
 
   std::array<Dim, max_dimensions> dims_{};
@@ -499,9 +433,7 @@ class MultiCore {
   fine_t tail_due_ = -fine_max;
   std::array<fine_t, max_dimensions> tail_end_{};
   bool stale_ = false;
-  WaiterList pending_;
-  WaiterList ready_;
-  WaiterList finished_;  // finished by the core itself (timed out), to be completed
+  WaiterQueue q_;
 };
 
 }  // namespace tollgate::detail
