@@ -17,6 +17,9 @@
 #include "costs.hpp"
 #include "detail/set_core.hpp"
 #include "detail/waiting_bucket.hpp"
+#include "acquire_operation.hpp"
+#include "permit.hpp"
+#include "reservation.hpp"
 #include "limit.hpp"
 #include "result.hpp"
 #include "scheduler.hpp"
@@ -63,9 +66,10 @@ class LimitSet : public detail::WaitingBucket<detail::SetCore, Clock, Mutex> {
   using fine_t = detail::fine_t;
 
  public:
-  using typename Base::AcquireOperation;
-  using typename Base::Permit;
-  using typename Base::PermitOperation;
+  using AcquireOperation = tollgate::AcquireOperation<LimitSet>;
+  using PermitOperation = tollgate::PermitOperation<LimitSet>;
+  using Permit = tollgate::Permit<Costs>;
+  using Reservation = tollgate::Reservation<LimitSet>;
   using typename Base::scheduler_type;
   using typename Base::time_point;
 
@@ -110,13 +114,13 @@ class LimitSet : public detail::WaitingBucket<detail::SetCore, Clock, Mutex> {
   /// cost, then takes them all at once. See TokenBucket::acquire for which
   /// thread resumes the coroutine.
   AcquireOperation acquire(const Costs& costs, ::tollgate::stop_token stop = {}) {
-    return this->make_operation(costs, detail::fine_max, std::move(stop));
+    return AcquireOperation(*this, costs, detail::fine_max, std::move(stop));
   }
   /// Refuses at once (`not_now`, nothing taken) when the wait would exceed `max_wait`.
   template <class Rep, class Period>
   AcquireOperation acquire_for(const Costs& costs, std::chrono::duration<Rep, Period> max_wait,
                                ::tollgate::stop_token stop = {}) {
-    return this->make_operation(costs, Base::to_fine(max_wait), std::move(stop));
+    return AcquireOperation(*this, costs, Base::to_fine(max_wait), std::move(stop));
   }
   /// Blocks the calling thread; as TokenBucket::acquire_blocking.
   template <class Rep = std::int64_t, class Period = std::nano>
@@ -131,10 +135,20 @@ class LimitSet : public detail::WaitingBucket<detail::SetCore, Clock, Mutex> {
   PermitOperation acquire_permit(const Costs& estimate, std::chrono::duration<Rep, Period> max_wait =
                                                             std::chrono::duration<Rep, Period>::max(),
                                  ::tollgate::stop_token stop = {}) {
-    return this->make_permit_operation(estimate, Base::to_fine(max_wait), std::move(stop));
+    return PermitOperation(*this, estimate, Base::to_fine(max_wait), std::move(stop));
   }
   /// `try_acquire` that returns a Permit holding `estimate` (empty when refused).
   Permit try_acquire_permit(const Costs& estimate) { return Permit(*this, estimate, try_acquire(estimate)); }
+
+  /// Takes `costs` for the earliest instant it can be granted (FIFO behind
+  /// every waiter), without waiting for it: the Reservation says when to act,
+  /// and can be cancelled exactly until then (see Reservation). Refused
+  /// (nothing taken) with `not_now` when that instant is more than
+  /// `max_wait` away, and with `never` / `invalid` as `try_acquire`.
+  template <class Rep = std::int64_t, class Period = std::nano>
+  Reservation reserve(const Costs& costs, std::chrono::duration<Rep, Period> max_wait = std::chrono::duration<Rep, Period>::max()) {
+    return Reservation(*this, costs, Base::to_fine(max_wait));
+  }
 
   /// Gives `costs` back (an acquisition not used), never above capacity in
   /// any dimension; queued waiters benefit first. Throws `std::invalid_argument`
@@ -192,9 +206,10 @@ class LimitSet : public detail::WaitingBucket<detail::SetCore, Clock, Mutex> {
   }
 
   /// Unreserved tokens of dimension `i` now (0 while paused or while waiters are queued).
-  double available(std::size_t i) const {
+  double available(std::size_t i) const { return available_at(clock_.now(), i); }
+  double available_at(time_point now, std::size_t i) const {
     check_index("LimitSet::available", i);
-    const fine_t t = rel(clock_.now());
+    const fine_t t = rel(now);
     std::lock_guard lock(mutex_);
     return core_.available(t, i);
   }
@@ -206,13 +221,6 @@ class LimitSet : public detail::WaitingBucket<detail::SetCore, Clock, Mutex> {
     check_index("LimitSet::set_limit", i);
     limit.validate("LimitSet::set_limit");
     this->mutate([&](Core& core, fine_t t, detail::WaiterList& finished) { core.reconfigure(t, i, limit, finished); });
-  }
-
-  /// True when every dimension is full, nothing is paused and nobody waits.
-  bool is_fresh_at(time_point now) const {
-    const fine_t t = rel(now);
-    std::lock_guard lock(mutex_);
-    return core_.is_fresh(t);
   }
 
  private:

@@ -21,6 +21,9 @@
 #include "detail/fine_time.hpp"
 #include "detail/waiter.hpp"
 #include "detail/waiting_bucket.hpp"
+#include "acquire_operation.hpp"
+#include "permit.hpp"
+#include "reservation.hpp"
 #include "limit.hpp"
 #include "null_mutex.hpp"
 #include "result.hpp"
@@ -62,9 +65,10 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
   using Base = detail::WaitingBucket<detail::BucketCore, Clock, Mutex>;
 
  public:
-  using typename Base::AcquireOperation;
-  using typename Base::Permit;
-  using typename Base::PermitOperation;
+  using AcquireOperation = tollgate::AcquireOperation<TokenBucket>;
+  using PermitOperation = tollgate::PermitOperation<TokenBucket>;
+  using Permit = tollgate::Permit<double>;
+  using Reservation = tollgate::Reservation<TokenBucket>;
   using typename Base::clock_type;
   using typename Base::duration;
   using typename Base::mutex_type;
@@ -117,7 +121,7 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
   /// Waiting allocates nothing. Destroying the suspended coroutine leaves the
   /// queue exactly (later waiters move up).
   AcquireOperation acquire(double cost = 1, ::tollgate::stop_token stop = {}) {
-    return this->make_operation(cost, detail::fine_max, std::move(stop));
+    return AcquireOperation(*this, cost, detail::fine_max, std::move(stop));
   }
 
   /// Like `acquire`, but refuses at once with `not_now` (taking nothing) when
@@ -126,7 +130,7 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
   template <class Rep, class Period>
   AcquireOperation acquire_for(double cost, std::chrono::duration<Rep, Period> max_wait,
                                ::tollgate::stop_token stop = {}) {
-    return this->make_operation(cost, Base::to_fine(max_wait), std::move(stop));
+    return AcquireOperation(*this, cost, Base::to_fine(max_wait), std::move(stop));
   }
 
   /// Blocks the calling thread until `cost` is taken. Refuses at once with
@@ -146,11 +150,21 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
   PermitOperation acquire_permit(double estimate, std::chrono::duration<Rep, Period> max_wait =
                                                       std::chrono::duration<Rep, Period>::max(),
                                  ::tollgate::stop_token stop = {}) {
-    return this->make_permit_operation(estimate, Base::to_fine(max_wait), std::move(stop));
+    return PermitOperation(*this, estimate, Base::to_fine(max_wait), std::move(stop));
   }
 
   /// `try_acquire` that returns a Permit holding `estimate` (empty when refused).
   Permit try_acquire_permit(double estimate) { return Permit(*this, estimate, try_acquire(estimate)); }
+
+  /// Takes `cost` for the earliest instant it can be granted (FIFO behind
+  /// every waiter), without waiting for it: the Reservation says when to act,
+  /// and can be cancelled exactly until then (see Reservation). Refused
+  /// (nothing taken) with `not_now` when that instant is more than
+  /// `max_wait` away, and with `never` / `invalid` as `try_acquire`.
+  template <class Rep = std::int64_t, class Period = std::nano>
+  Reservation reserve(double cost = 1, std::chrono::duration<Rep, Period> max_wait = std::chrono::duration<Rep, Period>::max()) {
+    return Reservation(*this, cost, Base::to_fine(max_wait));
+  }
 
   /// Unreserved tokens now: what a `try_acquire` could take, in [0, capacity].
   double available() const { return available_at(clock_.now()); }
@@ -163,12 +177,9 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
   /// Gives back `cost` tokens (an acquisition that was not used), never
   /// filling above capacity; queued waiters benefit first. Returns the amount
   /// credited. Throws `std::invalid_argument` for a negative, NaN or infinite cost.
-  double refund(double cost) { return refund_at(clock_.now(), cost); }
-  double refund_at(time_point now, double cost) {
+  double refund(double cost) {
     detail::check_amount("TokenBucket::refund", "cost", cost);
-    return this->mutate_at(rel(now), [&](detail::BucketCore& core, detail::fine_t t, detail::WaiterList&) {
-      return core.refund(t, cost);
-    });
+    return this->mutate([&](detail::BucketCore& core, detail::fine_t t, detail::WaiterList&) { return core.refund(t, cost); });
   }
 
   /// Takes `cost` even if it is not there, leaving the bucket in debt: for an
@@ -213,7 +224,7 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
   /// rate, then re-times the queued waiters (a higher rate wakes them sooner).
   void set_rate(double rate) {
     Limit::check_positive("TokenBucket::set_rate", "rate", rate);
-    set_limit(Limit{limit().capacity, rate}, "TokenBucket::set_rate");
+    reconfigure(Limit{limit().capacity, rate}, "TokenBucket::set_rate");
   }
 
   /// Changes the capacity: settles first (tokens above the new capacity are
@@ -221,27 +232,15 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
   /// exceeds the capacity finishes `never`.
   void set_capacity(double capacity) {
     Limit::check_positive("TokenBucket::set_capacity", "capacity", capacity);
-    set_limit(Limit{capacity, limit().rate}, "TokenBucket::set_capacity");
+    reconfigure(Limit{capacity, limit().rate}, "TokenBucket::set_capacity");
   }
 
   /// Changes both at once, as `set_rate` and `set_capacity` describe.
-  void set_limit(Limit limit, const char* who = "TokenBucket::set_limit") {
-    limit.validate(who);
-    this->mutate([&](detail::BucketCore& core, detail::fine_t t, detail::WaiterList& finished) {
-      core.reconfigure(t, limit, finished);
-    });
-  }
+  void set_limit(Limit limit) { reconfigure(limit, "TokenBucket::set_limit"); }
 
   Limit limit() const {
     std::lock_guard lock(mutex_);
     return core_.limit();
-  }
-
-  /// True when this bucket is indistinguishable from a new one: full, nobody waiting.
-  bool is_fresh_at(time_point now) const {
-    const detail::fine_t t = rel(now);
-    std::lock_guard lock(mutex_);
-    return core_.is_fresh(t);
   }
 
  private:
@@ -268,6 +267,13 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
   }
   detail::fine_t offset_from(time_point epoch) const noexcept {
     return detail::fine_from_ns(std::chrono::duration_cast<std::chrono::nanoseconds>(origin_ - epoch).count());
+  }
+
+  void reconfigure(const Limit& limit, const char* who) {
+    limit.validate(who);
+    this->mutate([&](detail::BucketCore& core, detail::fine_t t, detail::WaiterList& finished) {
+      core.reconfigure(t, limit, finished);
+    });
   }
 
   static const Limit& checked(const Limit& limit) {

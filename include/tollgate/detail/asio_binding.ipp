@@ -15,6 +15,7 @@
 #include "../scheduler.hpp"
 #include "../stop_token.hpp"
 #include "timer_queue.hpp"
+#include "waiting_bucket.hpp"
 #include "waiter.hpp"
 
 namespace tollgate::TOLLGATE_NET_BINDING {
@@ -123,7 +124,7 @@ struct HandlerWork {
 // outstanding work on the handler's executor. Deleted on that executor, just
 // before the handler runs.
 template <class Bucket, class Handler>
-struct AcquireOp final : Bucket::waiter_type, HandlerWork<Handler> {
+struct AcquireOp final : ::tollgate::detail::waiting_base_t<Bucket>::waiter_type, HandlerWork<Handler> {
   AcquireOp(Bucket& b, Handler&& h) : HandlerWork<Handler>(std::move(h)), bucket(b) {
     this->on_complete = &AcquireOp::completed;
   }
@@ -131,7 +132,7 @@ struct AcquireOp final : Bucket::waiter_type, HandlerWork<Handler> {
   // The bucket granted or cancelled it (any thread, no lock held).
   static void completed(tollgate::detail::Waiter* w) noexcept {
     auto* op = static_cast<AcquireOp*>(w);
-    op->finish(Bucket::wait_result(*op));
+    op->finish(::tollgate::detail::WaitAccess::result(*op));
   }
 
   // Runs the handler with `r` on its executor (never inline in the initiating call).
@@ -151,7 +152,7 @@ struct AcquireOp final : Bucket::waiter_type, HandlerWork<Handler> {
     explicit Canceller(AcquireOp* o) noexcept : op(o) {}
     AcquireOp* op;
     void operator()(TOLLGATE_NET::cancellation_type type) const noexcept {
-      if (takes_out(type)) op->bucket.wait_cancel(*op);
+      if (takes_out(type)) ::tollgate::detail::WaitAccess::cancel(op->bucket, *op);
     }
   };
 
@@ -171,7 +172,7 @@ struct InitiateAcquire {
     // A signal before queueing finds nothing to remove.
     auto slot = TOLLGATE_NET::get_associated_cancellation_slot(op->handler);
     if (slot.is_connected()) slot.template emplace<typename Op::Canceller>(op);
-    const auto [result, queued] = bucket->wait_begin(*op, cost, max_wait);
+    const auto [result, queued] = ::tollgate::detail::WaitAccess::start(*bucket, *op, cost, max_wait);
     if (!queued) op->finish(result);
   }
 };

@@ -83,6 +83,12 @@ class WaiterList {
   std::size_t size_ = 0;
 };
 
+/// What a completed waiter got.
+inline AcquireResult waiter_result(const Waiter& w) noexcept {
+  if (w.outcome == Status::acquired) return AcquireResult::acquired();
+  return AcquireResult::failed(w.outcome, w.reason, w.cost, w.dimension);
+}
+
 /// What a core's `admit` did with a request.
 struct Admission {
   AcquireResult result;  // acquired / not_now / never / invalid, or ...

@@ -8,7 +8,7 @@
 // A Core provides: `cost_type`, `waiter_type` (derived from Waiter) with
 // `static void set_cost(waiter_type&, const cost_type&)`, and `take_fast`
 // (takes the cost if it can cheaply, else changes nothing), `try_acquire`,
-// `admit`, `remove`, `observe`, `take_ready`, `next_wake`, `pause_until`,
+// `admit`, `remove`, `grant_due`, `take_ready`, `next_wake`, `pause_until`,
 // `cancel_all`, `waiters`, `set_horizon`, with BucketCore's meanings.
 
 #include <atomic>
@@ -26,6 +26,7 @@
 #include <utility>
 
 #include "../mutex_traits.hpp"
+#include "../permit.hpp"
 #include "../result.hpp"
 #include "../scheduler.hpp"
 #include "../timer_thread_scheduler.hpp"
@@ -33,10 +34,21 @@
 #include "fine_time.hpp"
 #include "waiter.hpp"
 
+namespace tollgate {
+template <class Bucket>
+class AcquireOperation;
+template <class Bucket>
+class PermitOperation;
+template <class Bucket>
+class Reservation;
+}  // namespace tollgate
+
 namespace tollgate::detail {
 
+struct WaitAccess;
+
 template <class Core, class Clock, class Mutex>
-class WaitingBucket {
+class WaitingBucket : public PermitIssuer<typename Core::cost_type> {
   static_assert(!std::chrono::treat_as_floating_point_v<typename Clock::rep>,
                 "tollgate: Clock must have an integral representation");
 
@@ -47,8 +59,8 @@ class WaitingBucket {
   using duration = typename Clock::duration;
   using scheduler_type = Scheduler<Clock>;
   using cost_type = typename Core::cost_type;
-
-  class AcquireOperation;
+  using core_type = Core;
+  using waiter_type = typename Core::waiter_type;
 
   WaitingBucket(const WaitingBucket&) = delete;
   WaitingBucket& operator=(const WaitingBucket&) = delete;
@@ -79,245 +91,13 @@ class WaitingBucket {
 
   const Clock& clock() const noexcept { return clock_; }
 
-  // ---- For waiting front-ends outside the core (tollgate/asio.hpp) ----------
-
-  /// The queue node such a front-end embeds. It sets `on_complete`, which
-  /// runs once, with no lock held, on the thread that granted or cancelled it.
-  using waiter_type = typename Core::waiter_type;
-
-  /// Takes `cost` at once (`.second == false`: the result is final) or queues
-  /// `w` (`.second == true`: `w.on_complete` will run). A wait longer than
-  /// `max_wait` is refused at once with `not_now`, as `acquire_for`.
-  template <class Rep, class Period>
-  std::pair<AcquireResult, bool> wait_begin(waiter_type& w, const cost_type& cost,
-                                            std::chrono::duration<Rep, Period> max_wait) {
-    Core::set_cost(w, cost);
-    bool queued = false;
-    const AcquireResult r = begin(cost, to_fine(max_wait), [&]() -> waiter_type& { return w; }, queued);
-    return {r, queued};
-  }
-  /// Takes a queued `w` out (exact accounting; later waiters move up) and
-  /// completes it `cancelled`; nothing when it was already granted.
-  void wait_cancel(waiter_type& w) noexcept { cancel(w); }
-  /// What a completed `w` got.
-  static AcquireResult wait_result(const waiter_type& w) noexcept { return result_of(w); }
-
-  /// An acquisition whose real cost is known only afterwards (an LLM call's
-  /// tokens): it holds the estimate taken, and `settle(actual)` refunds the
-  /// surplus or charges the overrun as a debt (per dimension, for a LimitSet).
-  /// A permit destroyed unsettled keeps the estimate as the cost: nothing is
-  /// refunded and nothing more is charged, so an abandoned call costs exactly
-  /// what was reserved for it. Move-only; not thread-safe itself (the bucket is).
-  ///
-  ///     auto permit = co_await bucket.acquire_permit(estimate);
-  ///     if (!permit) co_return reply_429(permit.result());
-  ///     auto response = co_await call_llm(...);
-  ///     permit.settle(response.usage);
-  ///
-  /// An unsettled permit counts as a user of its bucket: a BucketRegistry
-  /// does not evict (or fold away) a key's bucket while one exists.
-  class [[nodiscard]] Permit {
-   public:
-    /// An empty permit (`result()` is `invalid`); `settle` throws.
-    Permit() = default;
-    /// Adopts an acquisition of `estimate` already made on `bucket` (or, when
-    /// `result` is a failure, holds just that failure).
-    Permit(WaitingBucket& bucket, const cost_type& estimate,
-           AcquireResult result = AcquireResult::acquired()) noexcept
-        : bucket_(result.ok() ? &bucket : nullptr), estimate_(estimate), result_(result) {
-      if (bucket_) bucket_->permits_.fetch_add(1, std::memory_order_relaxed);
-    }
-    Permit(Permit&& o) noexcept
-        : bucket_(std::exchange(o.bucket_, nullptr)), estimate_(o.estimate_), result_(o.result_) {}
-    Permit& operator=(Permit&& o) noexcept {
-      if (this != &o) {
-        unpin(std::exchange(bucket_, std::exchange(o.bucket_, nullptr)));
-        estimate_ = o.estimate_;
-        result_ = o.result_;
-      }
-      return *this;
-    }
-    Permit(const Permit&) = delete;
-    Permit& operator=(const Permit&) = delete;
-    ~Permit() { unpin(bucket_); }
-
-    /// True when the estimate was taken.
-    explicit operator bool() const noexcept { return result_.ok(); }
-    /// How the acquisition ended (a refusal's retry-after, reason, dimension).
-    const AcquireResult& result() const noexcept { return result_; }
-    const cost_type& estimate() const noexcept { return estimate_; }
-    /// True once settled, moved from, or when the acquisition failed.
-    bool settled() const noexcept { return bucket_ == nullptr; }
-
-    /// Settles at the real cost: refunds `estimate - actual` (never above
-    /// capacity) or charges `actual - estimate` as a debt. Once only: throws
-    /// `std::logic_error` if already settled, moved from or never acquired,
-    /// and `std::invalid_argument` for a negative, NaN or infinite `actual`
-    /// (the permit then stays unsettled).
-    void settle(const cost_type& actual) {
-      if (!bucket_)
-        throw std::logic_error(result_.ok() ? "Permit::settle: already settled"
-                                            : "Permit::settle: the acquisition failed; nothing to settle");
-      Core::check_amount("Permit::settle", "actual", actual, &estimate_);
-      WaitingBucket* b = std::exchange(bucket_, nullptr);
-      struct Unpin {
-        WaitingBucket* b;
-        ~Unpin() { unpin(b); }
-      } unpin_after{b};  // the last touch of the bucket, even if settle throws
-      b->settle(estimate_, actual);
-    }
-
-    /// Gives the whole estimate back (the call was never made): `settle` at
-    /// zero. With several limits, releasing a permit from one after another
-    /// refused leaves nothing taken from the first.
-    void release() { settle(Core::zero_like(estimate_)); }
-
-   private:
-    static void unpin(WaitingBucket* b) noexcept {
-      if (b) b->permits_.fetch_sub(1, std::memory_order_release);
-    }
-    WaitingBucket* bucket_ = nullptr;
-    cost_type estimate_{};
-    AcquireResult result_{};
-  };
-
-  class PermitOperation;
-
-  /// True while an unsettled Permit refers to this bucket.
-  bool has_permits() const noexcept { return permits_.load(std::memory_order_acquire) != 0; }
-
-  /// The awaitable returned by `acquire` and `acquire_for`. It carries the
-  /// queue node itself (built only if it has to wait): waiting allocates nothing.
-  class [[nodiscard]] AcquireOperation {
-   public:
-    AcquireOperation(const AcquireOperation&) = delete;
-    AcquireOperation& operator=(const AcquireOperation&) = delete;
-
-    ~AcquireOperation() {
-      if (!built_) return;
-      node_.stop_callback.reset();
-      if (queued_) bucket_.abandon(node_);  // the coroutine was destroyed while waiting
-      node_.~Node();
-    }
-
-    /// Takes the tokens, fails for good, or joins the queue: all under one
-    /// lock acquisition. Returns false only when the coroutine must wait.
-    [[gnu::always_inline]] bool await_ready() noexcept {
-      if (stop_.stop_requested()) {
-        result_ = cancelled_result();
-        return true;
-      }
-      const AcquireResult r = bucket_.begin(
-          cost_, max_wait_,
-          [this]() -> typename Core::waiter_type& {
-            build_node();
-            return node_;
-          },
-          queued_);
-      if (queued_) return false;
-      if (r.ok()) [[likely]] {
-        // Only a flag goes through the coroutine frame on the hot path: a
-        // 16-byte result stored and reloaded there stalls store forwarding.
-        acquired_ = true;
-        return true;
-      }
-      result_ = r;
-      return true;
-    }
-
-    /// Already queued by await_ready: records the handle, registers the stop
-    /// callback, and hands off with the completion (whoever comes second resumes).
-    bool await_suspend(std::coroutine_handle<> handle) {
-      node_.handle = handle;
-      if (stop_.stop_possible()) node_.stop_callback.emplace(stop_, Canceller{&bucket_, &node_});
-      if constexpr (mutex_traits<Mutex>::single_threaded) {
-        // One thread only: nothing can complete the node concurrently, so a
-        // load and a store replace the exchange (the stop callback above may
-        // have completed it, on this thread).
-        if (node_.handoff.load(std::memory_order_relaxed)) return false;
-        node_.handoff.store(true, std::memory_order_relaxed);
-        return true;
-      } else {
-        return !node_.handoff.exchange(true, std::memory_order_acq_rel);
-      }
-    }
-
-    AcquireResult await_resume() noexcept {
-      if (acquired_) return AcquireResult::acquired();
-      if (queued_) {
-        node_.stop_callback.reset();
-        queued_ = false;
-        result_ = result_of(node_);
-      }
-      return result_;
-    }
-
-   private:
-    friend class WaitingBucket;
-    friend class PermitOperation;
-
-    struct Node;
-    struct Canceller {
-      WaitingBucket* bucket;
-      Node* node;
-      void operator()() const noexcept { bucket->cancel(*node); }
-    };
-    struct Node : Core::waiter_type {
-      std::coroutine_handle<> handle{};
-      std::atomic<bool> handoff{false};
-      std::optional<::tollgate::stop_callback<Canceller>> stop_callback;
-    };
-
-    AcquireOperation(WaitingBucket& bucket, const cost_type& cost, fine_t max_wait, ::tollgate::stop_token stop) noexcept
-        : bucket_(bucket), cost_(cost), max_wait_(max_wait), stop_(std::move(stop)) {}
-
-    void build_node() noexcept {
-      ::new (static_cast<void*>(&node_)) Node;  // default-init: every field has its initializer
-      built_ = true;
-      Core::set_cost(node_, cost_);
-      node_.on_complete = &AcquireOperation::complete_thunk;
-    }
-
-    static void complete_thunk(Waiter* w) noexcept {
-      auto* node = static_cast<Node*>(w);
-      // Usually await_suspend finished long ago: a load then suffices.
-      if (node->handoff.load(std::memory_order_acquire) || node->handoff.exchange(true, std::memory_order_acq_rel))
-        node->handle.resume();
-    }
-
-    WaitingBucket& bucket_;
-    cost_type cost_;
-    fine_t max_wait_;
-    ::tollgate::stop_token stop_;
-    AcquireResult result_{};
-    bool built_ = false;
-    bool queued_ = false;
-    bool acquired_ = false;
-    union {
-      Node node_;  // constructed in await_ready, only when the fast path did not take the cost
-    };
-  };
-
-  /// The awaitable returned by `acquire_permit`: an AcquireOperation whose
-  /// `co_await` yields a Permit.
-  class [[nodiscard]] PermitOperation {
-   public:
-    bool await_ready() noexcept { return op_.await_ready(); }
-    bool await_suspend(std::coroutine_handle<> h) { return op_.await_suspend(h); }
-    Permit await_resume() noexcept { return Permit(bucket_, op_.cost_, op_.await_resume()); }
-
-   private:
-    friend class WaitingBucket;
-    PermitOperation(WaitingBucket& bucket, const cost_type& cost, fine_t max_wait, ::tollgate::stop_token stop) noexcept
-        : bucket_(bucket), op_(bucket, cost, max_wait, std::move(stop)) {}
-    WaitingBucket& bucket_;
-    AcquireOperation op_;
-  };
-
  protected:
   template <class... CoreArgs>
   explicit WaitingBucket(Clock clock, scheduler_type* scheduler, CoreArgs&&... core_args)
-      : clock_(std::move(clock)), scheduler_(scheduler), core_(std::forward<CoreArgs>(core_args)...) {
+      : PermitIssuer<cost_type>(kSettling),
+        clock_(std::move(clock)),
+        scheduler_(scheduler),
+        core_(std::forward<CoreArgs>(core_args)...) {
     origin_ = clock_.now();
     core_.set_horizon(horizon_of(origin_));
     horizon_tp_ = at(horizon_of(origin_));
@@ -338,13 +118,22 @@ class WaitingBucket {
     complete_all(done);
   }
 
-  AcquireOperation make_operation(const cost_type& cost, fine_t max_wait, ::tollgate::stop_token stop) {
-    return AcquireOperation(*this, cost, max_wait, std::move(stop));
-  }
+  template <class>
+  friend class ::tollgate::AcquireOperation;
+  template <class>
+  friend class ::tollgate::PermitOperation;
+  template <class>
+  friend class ::tollgate::Reservation;
+  friend struct WaitAccess;
 
-  PermitOperation make_permit_operation(const cost_type& cost, fine_t max_wait, ::tollgate::stop_token stop) {
-    return PermitOperation(*this, cost, max_wait, std::move(stop));
-  }
+  using Issuer = PermitIssuer<cost_type>;
+  static constexpr typename Issuer::Settling kSettling{
+      [](const Issuer&, const cost_type& estimate, const cost_type& actual) {
+        Core::check_amount("Permit::settle", "actual", actual, &estimate);
+      },
+      [](Issuer& self, const cost_type& estimate, const cost_type& actual) {
+        static_cast<WaitingBucket&>(self).settle(estimate, actual);
+      }};
 
   // Refunds the surplus of `actual` over `estimate`, or charges the overrun.
   void settle(const cost_type& estimate, const cost_type& actual) {
@@ -369,7 +158,7 @@ class WaitingBucket {
       b->cv.notify_one();
     };
     bool queued = false;
-    const AcquireResult r = begin(cost, max_wait, [&]() -> typename Core::waiter_type& { return w; }, queued);
+    const AcquireResult r = take_or_queue(cost, max_wait, [&]() -> typename Core::waiter_type& { return w; }, queued);
     if (!queued) return r;
     {
       ::tollgate::stop_callback on_stop(stop, [&] { cancel(w); });
@@ -458,9 +247,10 @@ class WaitingBucket {
   // false otherwise) when the node joined the queue; the result is then
   // unused. Only the fast path is inline (the result travels in registers).
   template <class MakeNode>
-  [[gnu::always_inline]] AcquireResult begin(const cost_type& cost, fine_t max_wait, MakeNode make_node,
-                                             bool& queued) {
+  [[gnu::always_inline]] AcquireResult take_or_queue(const cost_type& cost, fine_t max_wait, MakeNode make_node,
+                                                     bool& queued, fine_t* due = nullptr) {
     const fine_t t = rel(clock_.now());
+    if (due) *due = t;
     if (mutex_traits<Mutex>::try_enter_fast(mutex_)) {
       const bool taken = core_.take_fast(t, cost);
       mutex_traits<Mutex>::leave_fast(mutex_);
@@ -470,13 +260,13 @@ class WaitingBucket {
     std::unique_lock lock(mutex_);
     if (core_.take_fast(t, cost)) [[likely]]
       return AcquireResult::acquired();
-    return begin_locked(lock, t, cost, max_wait, make_node, queued);
+    return begin_locked(lock, t, cost, max_wait, make_node, queued, due);
   }
 
-  // The rest of `begin`, with the lock held; releases it.
+  // The rest of `take_or_queue`, with the lock held; releases it.
   template <class MakeNode>
   [[gnu::noinline]] AcquireResult begin_locked(std::unique_lock<Mutex>& lock, fine_t t, const cost_type& cost,
-                                               fine_t max_wait, MakeNode& make_node, bool& queued) {
+                                               fine_t max_wait, MakeNode& make_node, bool& queued, fine_t* due) {
     if (scheduler() == nullptr) {
       const AcquireResult r = core_.try_acquire(t, cost);
       if (r.status() != Status::not_now) return r;
@@ -491,6 +281,7 @@ class WaitingBucket {
     lock.unlock();
     complete_all(done);
     queued = a.queued;
+    if (due && a.queued) *due = a.due;
     return a.result;
   }
 
@@ -510,10 +301,7 @@ class WaitingBucket {
     mutate([&](Core& core, fine_t t, WaiterList&) { core.remove(t, w, true); });
   }
 
-  static AcquireResult result_of(const Waiter& w) noexcept {
-    if (w.outcome == Status::acquired) return AcquireResult::acquired();
-    return AcquireResult::failed(w.outcome, w.reason, w.cost, w.dimension);
-  }
+  static AcquireResult result_of(const Waiter& w) noexcept { return waiter_result(w); }
 
   // Arms the bucket's single timer for the earliest instant a waiter is due.
   // Called with the lock held; Scheduler::arm never calls back into the bucket.
@@ -547,7 +335,40 @@ class WaitingBucket {
   mutable Core core_;  // mutable: reads also advance "latest time seen"
   TimerNode<Clock> timer_;
   fine_t armed_at_ = fine_max;
-  std::atomic<std::uint32_t> permits_{0};  // unsettled Permits on this bucket
+};
+
+/// The WaitingBucket a public bucket type derives from.
+template <class C, class K, class M>
+WaitingBucket<C, K, M>& as_waiting(WaitingBucket<C, K, M>& b) noexcept {
+  return b;
+}
+template <class Bucket>
+using waiting_base_t = std::remove_reference_t<decltype(as_waiting(std::declval<Bucket&>()))>;
+
+/// The way in for waiting front-ends outside the library's own (the Asio
+/// binding): queue a node the front-end embeds, cancel it, read its result.
+struct WaitAccess {
+  /// Takes `cost` at once (`.second == false`: the result is final) or queues
+  /// `w` (`.second == true`: `w.on_complete` will run, once, with no lock
+  /// held). A wait longer than `max_wait` is refused at once with `not_now`.
+  template <class C, class K, class M, class Rep, class Period>
+  static std::pair<AcquireResult, bool> start(WaitingBucket<C, K, M>& b, typename C::waiter_type& w,
+                                              const typename C::cost_type& cost,
+                                              std::chrono::duration<Rep, Period> max_wait) {
+    C::set_cost(w, cost);
+    bool queued = false;
+    const AcquireResult r =
+        b.take_or_queue(cost, b.to_fine(max_wait), [&]() -> typename C::waiter_type& { return w; }, queued);
+    return {r, queued};
+  }
+  /// Takes a queued `w` out (exact accounting) and completes it `cancelled`;
+  /// nothing when it was already granted.
+  template <class C, class K, class M>
+  static void cancel(WaitingBucket<C, K, M>& b, Waiter& w) noexcept {
+    b.cancel(w);
+  }
+  /// What a completed `w` got.
+  static AcquireResult result(const Waiter& w) noexcept { return waiter_result(w); }
 };
 
 }  // namespace tollgate::detail
