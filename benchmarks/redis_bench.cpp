@@ -46,10 +46,10 @@ void report(benchmark::State& state, std::uint64_t trips_before, std::int64_t ac
 }
 
 void BM_Redis_TryAcquire(benchmark::State& state) {
-  static redis::RedisLimitSet<> set(connection(), "bench:try", kOne);
+  static redis::RedisLimitSet<> set(kOne, connection(), "bench:try");
   const auto before = connection().stats().round_trips;
   std::int64_t ok = 0;
-  for (auto _ : state) ok += set.try_acquire(1.0).ok();
+  for (auto _ : state) ok += set.try_acquire({1.0}).ok();
   if (state.thread_index() == 0) report(state, before, ok * state.threads());
   if (ok != std::int64_t(state.iterations())) state.SkipWithError("an acquisition was refused");
 }
@@ -57,7 +57,7 @@ BENCHMARK(BM_Redis_TryAcquire)->UseRealTime();
 BENCHMARK(BM_Redis_TryAcquire)->Threads(8)->UseRealTime();
 
 void BM_Redis_TryAcquire_TwoDimensions(benchmark::State& state) {
-  static redis::RedisLimitSet<> set(connection(), "bench:try2", kTwo);
+  static redis::RedisLimitSet<> set(kTwo, connection(), "bench:try2");
   const auto before = connection().stats().round_trips;
   std::int64_t ok = 0;
   const Costs cost{1, 1500};
@@ -70,10 +70,10 @@ void BM_Redis_TryAcquire_Lease(benchmark::State& state) {
   redis::RedisLimitOptions o;
   o.lease = {double(state.range(0))};
   o.lease_lifetime = std::chrono::milliseconds(100);
-  redis::RedisLimitSet<> set(connection(), "bench:lease" + std::to_string(state.range(0)), kOne, o);
+  redis::RedisLimitSet<> set(kOne, connection(), "bench:lease" + std::to_string(state.range(0)), o);
   const auto before = connection().stats().round_trips;
   std::int64_t ok = 0;
-  for (auto _ : state) ok += set.try_acquire(1.0).ok();
+  for (auto _ : state) ok += set.try_acquire({1.0}).ok();
   report(state, before, ok);
 }
 BENCHMARK(BM_Redis_TryAcquire_Lease)->Arg(10)->Arg(100)->Arg(1000)->UseRealTime();
@@ -81,7 +81,7 @@ BENCHMARK(BM_Redis_TryAcquire_Lease)->Arg(10)->Arg(100)->Arg(1000)->UseRealTime(
 // `batch` acquisitions in flight at once through the awaitable's callback
 // form: the Connection pipelines them.
 void BM_Redis_AsyncAcquire_Pipelined(benchmark::State& state) {
-  static redis::RedisLimitSet<> set(connection(), "bench:async", kOne);
+  static redis::RedisLimitSet<> set(kOne, connection(), "bench:async");
   const int batch = int(state.range(0));
   const auto before = connection().stats().round_trips;
   std::mutex m;

@@ -19,8 +19,8 @@ void share_one_quota(redis::Connection& first_conn, redis::Connection& second_co
   const std::vector<tollgate::Dimension> upstream = {
       {"requests", tollgate::Limit::per_minute(5)},
       {"tokens", tollgate::Limit::per_minute(3'000)}};
-  redis::RedisLimitSet<> replica_a(first_conn, "example:upstream", upstream);
-  redis::RedisLimitSet<> replica_b(second_conn, "example:upstream", upstream);
+  redis::RedisLimitSet<> replica_a(upstream, first_conn, "example:upstream");
+  redis::RedisLimitSet<> replica_b(upstream, second_conn, "example:upstream");
 
   for (int i = 0; i < 3; ++i) {
     tollgate::AcquireResult a = replica_a.try_acquire({1, 800});
@@ -28,8 +28,8 @@ void share_one_quota(redis::Connection& first_conn, redis::Connection& second_co
     std::printf("A: %s\nB: %s\n", replica_a.message(a).c_str(), replica_b.message(b).c_str());
   }
   // Waiting: a reservation in Redis (FIFO across replicas), then a local sleep.
-  redis::Decision d = replica_a.acquire_blocking({1, 500}, 30s);
-  std::printf("A waited: %s\n", replica_a.message(d.result).c_str());
+  tollgate::AcquireResult waited = replica_a.acquire_blocking({1, 500}, 30s);
+  std::printf("A waited: %s\n", replica_a.message(waited).c_str());
 }
 // [redis_shared]
 

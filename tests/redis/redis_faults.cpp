@@ -55,21 +55,21 @@ int main() {
   o.reconnect_interval = std::chrono::milliseconds(0);  // every call may try again
   redis::Connection conn(o);
   const std::vector<tollgate::Dimension> dims = {{"requests", Limit{100, 100}}};
-  redis::RedisLimitSet<> closed(conn, "faults:closed", dims);
+  redis::RedisLimitSet<> closed(dims, conn, "faults:closed");
   redis::RedisLimitOptions fb_options;
   fb_options.on_failure = redis::OnFailure::local_fallback;
   fb_options.fallback_share = 0.25;
-  redis::RedisLimitSet<> fallback(conn, "faults:fallback", dims, fb_options);
+  redis::RedisLimitSet<> fallback(dims, conn, "faults:fallback", fb_options);
 
-  check(closed.try_acquire_detailed({1}).source == redis::Source::store && closed.try_acquire(1.0).ok(),
+  check(closed.try_acquire_detailed({1}).source == redis::Source::store && closed.try_acquire({1.0}).ok(),
         "server up: decided by Redis");
 
   // 1. The server goes away.
   check(server("stop"), "server stopped");
-  tollgate::AcquireResult r = closed.try_acquire(1.0);
+  tollgate::AcquireResult r = closed.try_acquire({1.0});
   check(r.status() == Status::unavailable && r.reason_code() == Reason::store_unreachable,
         "server down: fail closed says unavailable, unreachable (" + r.message() + ")");
-  redis::Decision d = closed.acquire_blocking({1}, std::chrono::milliseconds(50));
+  redis::Decision d = closed.acquire_blocking_detailed({1}, std::chrono::milliseconds(50));
   check(d.result.status() == Status::unavailable, "server down: a waiting acquire returns too (" + d.result.message() + ")");
   // The fallback takes over empty (it cannot know what others took), then
   // admits at its share's rate (25/s): never more, whatever the pace.
@@ -97,10 +97,10 @@ int main() {
   // 3. The server freezes (SIGSTOP): calls time out instead of hanging.
   const pid_t pid = server_pid();
   check(pid > 0 && kill(pid, SIGSTOP) == 0, "server frozen");
-  r = closed.try_acquire(1.0);
+  r = closed.try_acquire({1.0});
   check(r.status() == Status::unavailable && r.reason_code() == Reason::store_timeout,
         "server frozen: unavailable, timeout (" + r.message() + ")");
-  d = closed.acquire_blocking({1}, std::chrono::seconds(1));
+  d = closed.acquire_blocking_detailed({1}, std::chrono::seconds(1));
   check(d.result.status() == Status::unavailable, "server frozen: a waiting acquire times out too");
   check(kill(pid, SIGCONT) == 0, "server thawed");
   d = closed.try_acquire_detailed({1});
@@ -113,11 +113,11 @@ int main() {
   const std::vector<tollgate::Dimension> slow = {{"requests", Limit{10, 0.1}}};
   redis::RedisLimitOptions empty_options;
   empty_options.missing_key = redis::MissingKey::empty;
-  redis::RedisLimitSet<> careful(conn, "faults:careful", slow, empty_options);
-  redis::RedisLimitSet<> plain(conn, "faults:plain", slow);
+  redis::RedisLimitSet<> careful(slow, conn, "faults:careful", empty_options);
+  redis::RedisLimitSet<> plain(slow, conn, "faults:plain");
   auto drain = [](redis::RedisLimitSet<>& s) {
     int n = 0;
-    while (n < 100 && s.try_acquire(1.0).ok()) ++n;
+    while (n < 100 && s.try_acquire({1.0}).ok()) ++n;
     return n;
   };
   auto lose_state = [&](const std::string& how) {
@@ -131,7 +131,7 @@ int main() {
       for (int i = 0; i < 200 && kill(p, 0) == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
       std::remove((dir + "/redis.pid").c_str());
       check(server("start", std::to_string(port)), "server restarted after kill -9, empty");
-      (void)careful.try_acquire(0.0);  // reconnect
+      (void)careful.try_acquire({0.0});  // reconnect
     }
     const int careful_after = drain(careful), plain_after = drain(plain);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -42,14 +42,14 @@ int child(int id, int port, const std::string& key, std::int64_t end_ns, const s
   o.port = port;
   o.command_timeout = std::chrono::seconds(5);
   redis::Connection conn(o);
-  redis::RedisLimitSet<> set(conn, key, kDims);
+  redis::RedisLimitSet<> set(kDims, conn, key);
   std::mt19937_64 rng(static_cast<std::uint64_t>(id) * 7919 + 1);
   std::ofstream log(log_path);
   std::int64_t last = 0;
   long calls = 0;
   while (last < end_ns) {
     const Costs c{1, double(1 + rng() % 400)};
-    redis::Decision d = rng() % 3 == 0 ? set.acquire_blocking(c, std::chrono::milliseconds(30))
+    redis::Decision d = rng() % 3 == 0 ? set.acquire_blocking_detailed(c, std::chrono::milliseconds(30))
                                        : set.try_acquire_detailed(c);
     ++calls;
     if (d.source != redis::Source::store || d.server_time_ns == 0) {

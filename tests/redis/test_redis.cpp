@@ -59,7 +59,7 @@ struct Rig {
     return o;
   }
   using Set = redis::RedisLimitSet<ManualClock>;
-  Set make(std::vector<Dimension> dims, redis::RedisLimitOptions o) { return Set(conn, key, std::move(dims), std::move(o), &sched, clock); }
+  Set make(std::vector<Dimension> dims, redis::RedisLimitOptions o) { return Set(std::move(dims), conn, key, std::move(o), clock, &sched); }
   Set make(std::vector<Dimension> dims) { return make(std::move(dims), options()); }
   // Every reply queued so far has been handled (replies run in order).
   void barrier() {
@@ -146,7 +146,7 @@ TEST_CASE("reservations are FIFO across processes and complete at the in-process
   const std::vector<Dimension> dims = {{"requests", Limit{4, 2}}, {"tokens", Limit{100, 50}}};
   redis::Connection second_conn(fixture());
   auto a = rig.make(dims);
-  auto b = redis::RedisLimitSet<ManualClock>(second_conn, rig.key, dims, rig.options(), &rig.sched, rig.clock);
+  auto b = redis::RedisLimitSet<ManualClock>(dims, second_conn, rig.key, rig.options(), rig.clock, &rig.sched);
   LimitSet<ManualClock> local(dims, rig.clock, &rig.sched);  // one scheduler: one order of firing
 
   REQUIRE(a.try_acquire({4, 10}));  // the requests dimension is empty
@@ -178,7 +178,7 @@ TEST_CASE("reservations are FIFO across processes and complete at the in-process
 TEST_CASE("cancelling the latest reservation gives its tokens back exactly, behind others nothing is returned") {
   Rig rig("cancel");
   auto set = rig.make({{"requests", Limit{2, 1}}});
-  REQUIRE(set.try_acquire(2.0));
+  REQUIRE(set.try_acquire({2.0}));
   std::vector<Completion> got;
   auto record = [&](int id) {
     return [&got, id, clock = rig.clock](redis::Decision d) { got.push_back({id, ns_of(clock.now()), d.result.status()}); };
@@ -208,7 +208,7 @@ TEST_CASE("cancelling the latest reservation gives its tokens back exactly, behi
   // c was granted at t0 + 2 s with the bucket empty behind it. Had a's token
   // been handed back, one more would be admitted at this same instant: 3 in
   // [t0, t0 + 2 s] where capacity 2 + rate 1 * 0 s allows 2 at this instant.
-  const AcquireResult after = set.try_acquire(1.0);
+  const AcquireResult after = set.try_acquire({1.0});
   CHECK(after.status() == Status::not_now);
   CHECK(after.retry_after() == std::chrono::seconds(1));
 }
@@ -216,7 +216,7 @@ TEST_CASE("cancelling the latest reservation gives its tokens back exactly, behi
 TEST_CASE("a stop after the grant is too late: the waiter is acquired") {
   Rig rig("late-stop");
   auto set = rig.make({{"requests", Limit{1, 1}}});
-  REQUIRE(set.try_acquire(1.0));
+  REQUIRE(set.try_acquire({1.0}));
   std::optional<redis::Decision> got;
   tollgate::stop_source stop;
   set.async_acquire({1}, [&](redis::Decision d) { got = d; }, std::chrono::hours(1), stop.get_token());
@@ -235,11 +235,11 @@ TEST_CASE("a stop after the grant is too late: the waiter is acquired") {
 TEST_CASE("coroutines: co_await resumes at the due instant; a destroyed coroutine cancels its reservation") {
   Rig rig("coroutine");
   auto set = rig.make({{"requests", Limit{1, 1}}});
-  REQUIRE(set.try_acquire(1.0));
+  REQUIRE(set.try_acquire({1.0}));
   std::vector<Completion> got;
   auto waiter = [&](int id) -> Task {
     const Costs one{1};  // named: g++ 12 cannot keep a braced list across co_await
-    AcquireResult r = co_await set.acquire(one, std::chrono::hours(1));
+    AcquireResult r = co_await set.acquire_for(one, std::chrono::hours(1));
     got.push_back({id, ns_of(rig.clock.now()), r.status()});
   };
   const std::int64_t t0 = ns_of(rig.clock.now());
@@ -255,7 +255,7 @@ TEST_CASE("coroutines: co_await resumes at the due instant; a destroyed coroutin
   REQUIRE(got == std::vector<Completion>{{0, t0 + 1'000'000'000, Status::acquired}});
   // Nothing was kept for the destroyed coroutine: one second later one token is there.
   rig.clock.advance(std::chrono::seconds(1));
-  CHECK(set.try_acquire(1.0));
+  CHECK(set.try_acquire({1.0}));
 }
 
 TEST_CASE("a wait beyond max_wait is refused at once with the wait, nothing reserved") {
@@ -287,7 +287,7 @@ TEST_CASE("impossible and invalid costs are refused without a round trip, naming
   CHECK_THROWS_AS(set.charge({1, -2}), std::invalid_argument);
   CHECK_THROWS_WITH(rig.make({{"r", Limit{1e6, 1e-3}}}),
                     Catch::Matchers::Contains("exceeds the Redis backend's longest refill window"));
-  CHECK_THROWS_WITH(redis::RedisLimitSet<ManualClock>(rig.conn, "", {{"r", Limit{1, 1}}}, {}, &rig.sched, rig.clock),
+  CHECK_THROWS_WITH(redis::RedisLimitSet<ManualClock>({{"r", Limit{1, 1}}}, rig.conn, "", {}, rig.clock, &rig.sched),
                     "RedisLimitSet: the key is empty");
 }
 
@@ -312,14 +312,14 @@ TEST_CASE("a pause holds new admissions in every process until it ends") {
   Rig rig("pause");
   redis::Connection other_conn(fixture());
   auto a = rig.make({{"requests", Limit{10, 10}}});
-  auto b = redis::RedisLimitSet<ManualClock>(other_conn, rig.key, {{"requests", Limit{10, 10}}}, rig.options(),
-                                             &rig.sched, rig.clock);
+  auto b = redis::RedisLimitSet<ManualClock>({{"requests", Limit{10, 10}}}, other_conn, rig.key, rig.options(),
+                                             rig.clock, &rig.sched);
   REQUIRE(a.pause_for(std::chrono::milliseconds(1500)));
-  AcquireResult r = b.try_acquire(1.0);
+  AcquireResult r = b.try_acquire({1.0});
   CHECK(r.status() == Status::not_now);
   CHECK(r.retry_after() == std::chrono::milliseconds(1500));
   CHECK(a.pause_for(std::chrono::hours(1000)));  // capped at 24 h
-  CHECK(b.try_acquire(1.0).retry_after() == std::chrono::hours(24));
+  CHECK(b.try_acquire({1.0}).retry_after() == std::chrono::hours(24));
 }
 
 TEST_CASE("leases: one round trip takes several acquisitions' worth, the rest goes back") {
@@ -332,22 +332,22 @@ TEST_CASE("leases: one round trip takes several acquisitions' worth, the rest go
   auto plain_o = rig.options();
   auto observer = rig.make({{"requests", Limit{15, 10}}}, plain_o);
   const auto trips = rig.conn.stats().commands;
-  REQUIRE(set.try_acquire(1.0));  // a lease of 5: 1 spent, 4 left
+  REQUIRE(set.try_acquire({1.0}));  // a lease of 5: 1 spent, 4 left
   CHECK(rig.conn.stats().commands == trips + 1);
-  for (int i = 0; i < 4; ++i) REQUIRE(set.try_acquire(1.0));
+  for (int i = 0; i < 4; ++i) REQUIRE(set.try_acquire({1.0}));
   CHECK(rig.conn.stats().commands == trips + 1);
   CHECK(set.stats().lease_hits == 4);
   REQUIRE(observer.available());
   CHECK((*observer.available())[0] == 10);  // 15 - 5 leased
-  REQUIRE(set.try_acquire(2.0));  // a new lease of 5: 2 spent, 3 left
+  REQUIRE(set.try_acquire({2.0}));  // a new lease of 5: 2 spent, 3 left
   CHECK((*observer.available())[0] == 5);
   // The lease expires: the next round trip hands the 3 back before leasing again.
   rig.clock.set(rig.clock.now() + std::chrono::milliseconds(600));
-  REQUIRE(set.try_acquire(5.0));
+  REQUIRE(set.try_acquire({5.0}));
   // 5 + 6 (refill over 0.6 s) + 3 (handed back) - 5 (new lease) = 9, capped at 15.
   CHECK((*observer.available())[0] == 9);
-  CHECK(set.try_acquire(15.0).ok() == false);
-  CHECK(set.try_acquire(16.0).status() == Status::never);  // above the lowered capacity
+  CHECK(set.try_acquire({15.0}).ok() == false);
+  CHECK(set.try_acquire({16.0}).status() == Status::never);  // above the lowered capacity
   auto bad = rig.options();
   bad.lease = {12};
   CHECK_THROWS_WITH(rig.make({{"requests", Limit{20, 10}}}, bad), Catch::Matchers::Contains("shorten the lifetime"));
@@ -361,15 +361,15 @@ TEST_CASE("Redis unreachable: fail closed, fail open or a local fallback at a sh
   redis::Connection down(o);
   const std::vector<Dimension> dims = {{"requests", Limit{10, 1}}};
   redis::RedisLimitOptions closed;
-  auto closed_set = redis::RedisLimitSet<ManualClock>(down, "k", dims, closed, &sched, clock);
-  AcquireResult r = closed_set.try_acquire(1.0);
+  auto closed_set = redis::RedisLimitSet<ManualClock>(dims, down, "k", closed, clock, &sched);
+  AcquireResult r = closed_set.try_acquire({1.0});
   CHECK(r.status() == Status::unavailable);
   CHECK(r.reason_code() == Reason::store_unreachable);
   CHECK(r.message() == "unavailable: the store cannot be reached (connection refused or lost)");
 
   redis::RedisLimitOptions open;
   open.on_failure = redis::OnFailure::fail_open;
-  auto open_set = redis::RedisLimitSet<ManualClock>(down, "k", dims, open, &sched, clock);
+  auto open_set = redis::RedisLimitSet<ManualClock>(dims, down, "k", open, clock, &sched);
   redis::Decision d = open_set.try_acquire_detailed({1});
   CHECK(d.result.ok());
   CHECK(d.source == redis::Source::fail_open);
@@ -377,9 +377,9 @@ TEST_CASE("Redis unreachable: fail closed, fail open or a local fallback at a sh
   redis::RedisLimitOptions fb;
   fb.on_failure = redis::OnFailure::local_fallback;
   fb.fallback_share = 0.5;
-  auto fb_set = redis::RedisLimitSet<ManualClock>(down, "k", dims, fb, &sched, clock);
+  auto fb_set = redis::RedisLimitSet<ManualClock>(dims, down, "k", fb, clock, &sched);
   for (int i = 0; i < 5; ++i) REQUIRE(fb_set.try_acquire_detailed({1}).source == redis::Source::fallback);
-  AcquireResult sixth = fb_set.try_acquire(1.0);
+  AcquireResult sixth = fb_set.try_acquire({1.0});
   CHECK(sixth.status() == Status::not_now);
   CHECK(sixth.retry_after() == std::chrono::seconds(2));  // 0.5/s locally
   // A waiter under the fallback waits for the local tokens, then asks Redis again.
@@ -399,11 +399,11 @@ TEST_CASE("Redis unreachable: fail closed, fail open or a local fallback at a sh
 TEST_CASE("a flushed script cache is loaded again (NOSCRIPT)") {
   Rig rig("noscript");
   auto set = rig.make({{"requests", Limit{3, 1}}});
-  REQUIRE(set.try_acquire(1.0));
+  REQUIRE(set.try_acquire({1.0}));
   REQUIRE(rig.conn.command({"SCRIPT", "FLUSH"}));
-  REQUIRE(set.try_acquire(1.0));
-  REQUIRE(set.try_acquire(1.0));
-  CHECK(set.try_acquire(1.0).status() == Status::not_now);
+  REQUIRE(set.try_acquire({1.0}));
+  REQUIRE(set.try_acquire({1.0}));
+  CHECK(set.try_acquire({1.0}).status() == Status::not_now);
 }
 
 TEST_CASE("a key busy for longer than 2^52 ns keeps exact time (the epoch moves)") {
@@ -414,7 +414,7 @@ TEST_CASE("a key busy for longer than 2^52 ns keeps exact time (the epoch moves)
   auto remote = rig.make(dims, options);
   LimitSet<ManualClock> local(dims, rig.clock);
   local.set_max_debt(0, 10);
-  REQUIRE(remote.try_acquire(1.0));
+  REQUIRE(remote.try_acquire({1.0}));
   REQUIRE(local.try_acquire({1}));
   auto charge = [&] {
     REQUIRE(remote.charge({1}));  // a debt: 12.1 days more
@@ -425,7 +425,7 @@ TEST_CASE("a key busy for longer than 2^52 ns keeps exact time (the epoch moves)
   charge(), charge();  // 72.8 days after the start in all
   rig.clock.set(rig.clock.now() + std::chrono::hours(24 * 33));  // past 2^52 ns since the epoch
   const AcquireResult want = local.try_acquire({1});
-  const AcquireResult got = remote.try_acquire(1.0);
+  const AcquireResult got = remote.try_acquire({1.0});
   REQUIRE(want.status() == Status::not_now);
   CHECK(got.status() == want.status());
   CHECK(got.retry_after() == want.retry_after());
@@ -435,7 +435,7 @@ TEST_CASE("a key holding something else is a store error, not a crash or a grant
   Rig rig("wrong-type");
   REQUIRE(rig.conn.command({"SET", rig.key, "not a hash"}));
   auto set = rig.make({{"requests", Limit{3, 1}}});
-  const AcquireResult r = set.try_acquire(1.0);
+  const AcquireResult r = set.try_acquire({1.0});
   CHECK(r.status() == Status::unavailable);
   CHECK(r.reason_code() == Reason::store_error);
   std::optional<redis::Decision> got;
@@ -474,12 +474,12 @@ TEST_CASE("absurd usage: a charge adds at most max_debt, and never converts out 
   const double actuals[] = {1e11, 4.7e12, 1e18, 1e300, std::numeric_limits<double>::max()};
   for (double a : actuals) {
     CAPTURE(a);
-    REQUIRE(remote.try_acquire(1000.0));
+    REQUIRE(remote.try_acquire({1000.0}));
     REQUIRE(local.try_acquire({1000}));
     CHECK(remote.settle({0}, {a}));
     local.settle({0}, {a});
     const AcquireResult want = local.try_acquire({1});
-    const AcquireResult got = remote.try_acquire(1.0);
+    const AcquireResult got = remote.try_acquire({1.0});
     CHECK(want.retry_after() == std::chrono::milliseconds(2002));  // one capacity of debt (2 s), then 1 token
     CHECK(got.status() == want.status());
     CHECK(got.retry_after() == want.retry_after());
@@ -498,7 +498,7 @@ TEST_CASE("concurrent waits and stops from other threads: every operation comple
   redis::Connection conn(fixture());
   const std::string key = "tollgate-test:races";
   (void)conn.command({"DEL", key});
-  redis::RedisLimitSet<> set(conn, key, {{"requests", Limit{5, 2000}}});
+  redis::RedisLimitSet<> set({{"requests", Limit{5, 2000}}}, conn, key);
   constexpr int kOps = 600;
   std::vector<tollgate::stop_source> stops(kOps);
   std::vector<std::atomic<int>> calls(kOps);

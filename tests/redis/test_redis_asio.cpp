@@ -37,7 +37,7 @@ struct Rig {
     redis::RedisLimitOptions o;
     ManualClock c = clock;
     o.time_override = [c] { return c.now().time_since_epoch(); };
-    return redis::RedisLimitSet<ManualClock>(conn, key, {{"requests", Limit{capacity, rate}}}, o, &sched, clock);
+    return redis::RedisLimitSet<ManualClock>({{"requests", Limit{capacity, rate}}}, conn, key, o, clock, &sched);
   }
   void settle() {  // every handler run, every reply handled, every due wake-up fired, every handler run
     io.restart();
@@ -55,7 +55,7 @@ struct Rig {
 TEST_CASE("use_awaitable: a coroutine waits for its Redis reservation on the io_context") {
   Rig rig("asio-await");
   auto set = rig.make(1, 1);
-  REQUIRE(set.try_acquire(1.0));
+  REQUIRE(set.try_acquire({1.0}));
   std::optional<std::int64_t> at;
   net::co_spawn(
       rig.io,
@@ -77,7 +77,7 @@ TEST_CASE("use_awaitable: a coroutine waits for its Redis reservation on the io_
 TEST_CASE("a cancellation slot cancels the Redis reservation and gives its token back") {
   Rig rig("asio-cancel");
   auto set = rig.make(1, 1);
-  REQUIRE(set.try_acquire(1.0));
+  REQUIRE(set.try_acquire({1.0}));
   net::cancellation_signal signal;
   std::optional<AcquireResult> got;
   tollgate::boost_asio::async_acquire(set, Costs{1}, std::chrono::seconds(5),
@@ -91,5 +91,5 @@ TEST_CASE("a cancellation slot cancels the Redis reservation and gives its token
   CHECK(got->status() == Status::cancelled);
   CHECK(set.stats().returned_cancels == 1);
   rig.clock.advance(std::chrono::seconds(1));
-  CHECK(set.try_acquire(1.0));  // the token the reservation held is back
+  CHECK(set.try_acquire({1.0}));  // the token the reservation held is back
 }
