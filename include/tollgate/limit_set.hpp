@@ -21,6 +21,7 @@
 #include "permit.hpp"
 #include "reservation.hpp"
 #include "limit.hpp"
+#include "limit_set_like.hpp"
 #include "result.hpp"
 #include "scheduler.hpp"
 #include "spin_mutex.hpp"
@@ -260,5 +261,7 @@ class LimitSet : public detail::WaitingBucket<detail::SetCore, Clock, Mutex> {
   std::vector<Dimension> dims_;
   Costs zeros_ = Costs::zeros(dims_.size());
 };
+
+static_assert(limit_set_like<LimitSet<>>);
 
 }  // namespace tollgate

@@ -534,3 +534,38 @@ TEST_CASE("concurrent waits and stops from other threads: every operation comple
   // bucket could grant it at once (its first 5 tokens).
   CHECK(cancelled >= kOps / 3 - 5);
 }
+
+namespace {
+// Generic code written once against the concept: the same calls and result
+// types for the in-process set and the Redis one.
+template <tollgate::limit_set_like S>
+std::vector<std::string> exercise(S& set) {
+  std::vector<std::string> seen;
+  const Costs first{1, 600};
+  tollgate::Permit<Costs> permit = set.try_acquire_permit(first);
+  seen.push_back(std::string(permit ? "permit" : "refused"));
+  const AcquireResult over = set.try_acquire({1, 600});  // 400 left: refused, 200 short at 100/s
+  seen.push_back(set.message(over) + " after " + std::to_string(over.retry_after().count()) + " ns");
+  permit.settle({1, 300});  // 300 came back
+  const AcquireResult now = set.try_acquire({1, 600});
+  seen.push_back(now ? "acquired" : set.message(now));
+  const AcquireResult bad = set.try_acquire({1, 5000});
+  seen.push_back(set.message(bad));
+  return seen;
+}
+}  // namespace
+
+TEST_CASE("limit_set_like: one generic function, the same answers from LimitSet and RedisLimitSet") {
+  static_assert(tollgate::limit_set_like<LimitSet<ManualClock>>);
+  static_assert(tollgate::limit_set_like<redis::RedisLimitSet<ManualClock>>);
+  Rig rig("generic");
+  const std::vector<Dimension> dims{{"requests", Limit{10, 10}}, {"tokens", Limit{1000, 100}}};
+  LimitSet<ManualClock> local(dims, rig.clock);
+  auto remote = rig.make(dims);
+  const std::vector<std::string> want = exercise(local);
+  CHECK(want == exercise(remote));
+  CHECK(want[0] == "permit");
+  CHECK(want[1] == "not_now: retry after 2000000000 ns after 2000000000 ns");
+  CHECK(want[3] == "never: cost exceeds capacity (cost 5000 in tokens)");
+  CHECK(want[2] == "acquired");
+}

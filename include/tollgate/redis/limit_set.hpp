@@ -29,12 +29,14 @@
 #include "../costs.hpp"
 #include "../limit.hpp"
 #include "../limit_set.hpp"
+#include "../limit_set_like.hpp"
 #include "../permit.hpp"
 #include "../redis_connection.hpp"
 #include "../result.hpp"
 #include "../scheduler.hpp"
 #include "../stop_token.hpp"
 #include "../timer_thread_scheduler.hpp"
+#include "config.hpp"
 #include "lease.hpp"
 #include "operation.hpp"
 #include "options.hpp"
@@ -90,8 +92,8 @@ class RedisLimitSet : public tollgate::detail::PermitIssuer<Costs> {
         dims_(std::move(dimensions)),
         options_(std::move(options)),
         clock_(std::move(clock)),
-        scheduler_(scheduler) {
-    validate();
+        scheduler_(scheduler),
+        config_(detail::Config::of(key_, dims_, options_)) {
     if (!scheduler_) {
       if constexpr (Clock::is_steady) scheduler_ = &TimerThreadScheduler<Clock>::shared();
     }
@@ -216,7 +218,7 @@ class RedisLimitSet : public tollgate::detail::PermitIssuer<Costs> {
   /// Redis failed (or the debt would pass 2^52 ns); with a local fallback the
   /// debt is charged there then.
   bool charge(const Costs& costs) {
-    const Reply r = call(args("charge").add(amounts("RedisLimitSet::charge", costs)).add(max_debt_ns_));
+    const Reply r = call(args("charge").add(amounts("RedisLimitSet::charge", costs)).add(config_.max_debt_ns));
     if (!r || r.values.empty()) {
       if (fallback_) fallback_->charge(costs);
       return false;
@@ -290,8 +292,7 @@ class RedisLimitSet : public tollgate::detail::PermitIssuer<Costs> {
   friend class redis::AcquireOperation<RedisLimitSet>;
   using Op = detail::ReserveOp<RedisLimitSet>;
   using OpState = detail::OpState;
-  static constexpr std::int64_t max_tau_ns = std::int64_t{1} << 51;
-  static constexpr std::int64_t max_debt_limit_ns = std::int64_t{1} << 52;
+  static constexpr std::int64_t max_tau_ns = detail::Config::max_tau_ns;
 
   static constexpr typename PermitIssuer<Costs>::Settling kSettling{
       [](const PermitIssuer<Costs>& self, const Costs& estimate, const Costs& actual) {
@@ -316,90 +317,12 @@ class RedisLimitSet : public tollgate::detail::PermitIssuer<Costs> {
 
   void start(const Costs& costs, std::int64_t max_wait_ns, ::tollgate::stop_token stop, std::function<void(Decision)> done) {
     if (!scheduler_) return done({AcquireResult::failed(Status::invalid, Reason::no_scheduler)});
-    launch(make_op(std::move(done)), costs, max_wait_ns, std::move(stop));
-  }
-
-  void launch(const std::shared_ptr<Op>& op, const Costs& costs, std::int64_t max_wait_ns, ::tollgate::stop_token stop) {
-    op->max_wait_ns = max_wait_ns;
-    op->costs = costs;
-    if (auto bad = prepare(costs, op->iv)) return op->finish({*bad});
-    if (stop.stop_requested())
-      return op->finish({AcquireResult::failed(Status::cancelled, Reason::stop_requested)});
-    if (lease_ && lease_->spend(op->iv, clock_.now())) return op->finish({AcquireResult::acquired(), 0, Source::lease});
-    const auto now = clock_.now();
-    const auto wait = std::chrono::duration_cast<typename time_point::duration>(std::chrono::nanoseconds(max_wait_ns));
-    op->bounded = max_wait_ns < std::int64_t{1} << 62 && now.time_since_epoch() < time_point::duration::max() - wait;
-    if (op->bounded) op->deadline = now + wait;
-    if (stop.stop_possible()) {
-      Op* raw = op.get();
-      op->stop_cb.emplace(std::move(stop), std::function<void()>([raw] { raw->cancel(); }));
-    }
-    if (op->state.load() == OpState::cancel_requested)  // stopped while registering
-      return op->finish({AcquireResult::failed(Status::cancelled, Reason::stop_requested)});
-    send_reserve(*op);
-  }
-
-  void send_reserve(Op& op) {
-    std::int64_t wait = op.max_wait_ns;
-    if (op.bounded) {
-      const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(op.deadline - clock_.now()).count();
-      wait = std::max<std::int64_t>(0, left);
-    }
-    connection_.script_async(key_, args("reserve").add(op.iv).add(std::min<std::int64_t>(wait, std::int64_t{1} << 52)).take(),
-                             [self = op.shared_from_this()](Reply&& r) { self->set->on_reserved(*self, r); });
-  }
-
-  void on_reserved(Op& op, const Reply& r) {
-    const bool stopped = op.state.load(std::memory_order_acquire) == OpState::cancel_requested;
-    const detail::ScriptReply reply(r, dims_.size());
-    if (!reply.answered()) {
-      Decision d = on_failure(r, op.costs);
-      if (d.result.status() == Status::not_now && !stopped && op.bounded &&
-          clock_.now() + d.result.retry_after() <= op.deadline && op.cas(OpState::sent, OpState::retry_wait)) {
-        op.arm(clock_.now() + std::chrono::duration_cast<typename time_point::duration>(d.result.retry_after()),
-               OpState::retry_wait);
-        return;
-      }
-      if (stopped && !d) d = {AcquireResult::failed(Status::cancelled, Reason::stop_requested)};
-      return op.finish(d);
-    }
-    store_answered();
-    if (reply.code() != 0) {  // refused: the wait would exceed max_wait
-      if (stopped) return op.finish({AcquireResult::failed(Status::cancelled, Reason::stop_requested)});
-      return op.finish(decode(reply));
-    }
-    op.epoch = reply.epoch();
-    op.grant = reply.instant();
-    if (reply.has_undo()) {
-      op.f_old = reply.grant_before();
-      for (std::size_t d = 0; d < dims_.size(); ++d) {
-        op.t_old[d] = reply.paid_before(d);
-        op.t_new[d] = reply.paid_after(d);
-      }
-    }
-    if (reply.wait() <= 0) return op.finish(op.granted());  // granted now: a stop that came meanwhile is too late
-    if (stopped || !op.cas(OpState::sent, OpState::waiting)) {  // a stop came (perhaps since `stopped` was read)
-      op.state.store(OpState::cancelling, std::memory_order_release);
-      return send_cancel(op.shared_from_this());
-    }
-    op.arm(clock_.now() + std::chrono::duration_cast<typename time_point::duration>(std::chrono::nanoseconds(reply.wait())),
-           OpState::waiting);
-  }
-
-  void send_cancel(std::shared_ptr<Op> op) {
-    auto a = args("cancel").add(op->epoch).add(op->grant).add(op->f_old).add(op->t_old).add(op->t_new);
-    connection_.script_async(key_, a.take(), [op](Reply&& r) {
-      RedisLimitSet& s = *op->set;
-      const std::int64_t code = r && !r.values.empty() ? r.values[0] : -1;
-      if (code == 2) return op->finish(op->granted());  // granted before the cancel arrived
-      (code == 0 ? s.returned_cancels_ : s.unreturned_cancels_).fetch_add(1, std::memory_order_relaxed);
-      op->finish({AcquireResult::failed(Status::cancelled, Reason::stop_requested)});
-    });
+    Op::launch(make_op(std::move(done)), costs, max_wait_ns, std::move(stop));
   }
 
   // ---- Arguments -------------------------------------------------------------
 
-  detail::ScriptArgs args(const char* op) const { return detail::ScriptArgs(op, dims_.size(), tau_, options_); }
+  detail::ScriptArgs args(const char* op) const { return detail::ScriptArgs(op, dims_.size(), config_.tau, options_); }
   template <class Args>
   Reply call(Args&& a) {
     return connection_.script(key_, a.take());
@@ -411,9 +334,9 @@ class RedisLimitSet : public tollgate::detail::PermitIssuer<Costs> {
       return AcquireResult::failed(Status::invalid, Reason::wrong_dimension_count, double(costs.size()));
     for (std::size_t d = 0; d < dims_.size(); ++d) {
       const double c = costs[d];
-      AcquireResult chk = tollgate::detail::check_cost(c, capacity_[d]);
+      AcquireResult chk = tollgate::detail::check_cost(c, config_.capacity[d]);
       if (!chk) return AcquireResult::failed(chk.status(), chk.reason_code(), c, static_cast<std::uint8_t>(d));
-      iv[d] = std::min(detail::refill_ns_up(c, dims_[d].limit.rate), tau_[d]);
+      iv[d] = std::min(detail::refill_ns_up(c, dims_[d].limit.rate), config_.tau[d]);
     }
     return std::nullopt;
   }
@@ -475,7 +398,7 @@ class RedisLimitSet : public tollgate::detail::PermitIssuer<Costs> {
     detail::ns_array back{};
     lease_->take_leftover(back);  // expired or not, unspent tokens go back first
     const time_point sent = clock_.now();
-    const Reply r = call(args("lease").add(back).add(lease_iv_).add(iv));
+    const Reply r = call(args("lease").add(back).add(config_.lease_iv).add(iv));
     const detail::ScriptReply reply(r, dims_.size());
     if (!reply.answered()) return on_failure(r, costs);
     Decision d = decode(reply);
@@ -484,76 +407,19 @@ class RedisLimitSet : public tollgate::detail::PermitIssuer<Costs> {
     return d;
   }
 
-  // ---- Configuration -------------------------------------------------------------
-
-  void validate() {
-    if (key_.empty()) throw std::invalid_argument("RedisLimitSet: the key is empty");
-    (void)LimitSet<Clock>(dims_, clock_, nullptr);  // names, count and limits, as LimitSet checks them
-    if (options_.on_failure == OnFailure::local_fallback &&
-        !(options_.fallback_share > 0 && options_.fallback_share <= 1)) {
-      std::ostringstream os;
-      os << "RedisLimitSet: fallback_share must be in (0, 1], got " << options_.fallback_share;
-      throw std::invalid_argument(os.str());
-    }
-    if (leasing()) {
-      if (options_.lease.size() != dims_.size()) {
-        std::ostringstream os;
-        os << "RedisLimitSet: lease has " << options_.lease.size() << " amounts for " << dims_.size() << " dimensions";
-        throw std::invalid_argument(os.str());
-      }
-      if (options_.lease_lifetime <= std::chrono::milliseconds::zero())
-        throw std::invalid_argument("RedisLimitSet: lease_lifetime must be > 0");
-    }
-    const double lifetime_s = leasing() ? std::chrono::duration<double>(options_.lease_lifetime).count() : 0.0;
-    for (std::size_t d = 0; d < dims_.size(); ++d) {
-      const Limit& l = dims_[d].limit;
-      const double cap = l.capacity - l.rate * lifetime_s;
-      if (leasing()) {
-        const double lease = options_.lease[d];
-        if (!(cap > 0) || !(lease >= 0 && lease <= cap)) {
-          std::ostringstream os;
-          os << "RedisLimitSet: dimension \"" << dims_[d].name << "\": with a lease lifetime of " << lifetime_s
-             << " s the capacity " << l.capacity << " leaves " << cap << " (capacity - rate * lifetime) for leases of "
-             << lease << "; shorten the lifetime or lower the lease";
-          throw std::invalid_argument(os.str());
-        }
-        lease_iv_[d] = detail::refill_ns_down(lease, l.rate);
-      }
-      capacity_[d] = cap;
-      const double tau = std::ceil(cap * 1e9 / l.rate);
-      if (!(tau <= double(max_tau_ns))) {
-        std::ostringstream os;
-        os << "RedisLimitSet: dimension \"" << dims_[d].name << "\": capacity / rate = " << cap / l.rate
-           << " s exceeds the Redis backend's longest refill window (2^51 ns, about 26 days)";
-        throw std::invalid_argument(os.str());
-      }
-      tau_[d] = static_cast<std::int64_t>(tau);
-      if (options_.max_debt.size() != 0) {
-        if (options_.max_debt.size() != dims_.size())
-          throw std::invalid_argument("RedisLimitSet: max_debt has " + std::to_string(options_.max_debt.size()) +
-                                      " values for " + std::to_string(dims_.size()) + " dimensions");
-        tollgate::detail::check_amount("RedisLimitSet", "max_debt", options_.max_debt[d]);
-        max_debt_ns_[d] = std::min(detail::refill_ns_up(options_.max_debt[d], l.rate), max_debt_limit_ns);  // the script's range
-      } else {
-        max_debt_ns_[d] = tau_[d];
-      }
-    }
-  }
-
   Connection& connection_;
   std::string key_;
   std::vector<Dimension> dims_;
   RedisLimitOptions options_;
   Clock clock_;
   scheduler_type* scheduler_;
-  std::array<double, max_dimensions> capacity_{};  // what one acquisition may take (lowered by leasing)
-  detail::ns_array tau_{};                         // refill time of a full dimension, ns
-  detail::ns_array lease_iv_{};
-  detail::ns_array max_debt_ns_{};                 // the most debt a charge may leave, ns
+  detail::Config config_;
   std::optional<LimitSet<Clock, std::mutex>> fallback_;
   std::atomic<bool> in_fallback_{false};           // the fallback decided since Redis last answered
   std::optional<detail::Lease<Clock>> lease_;
   std::atomic<std::uint64_t> fallbacks_{0}, returned_cancels_{0}, unreturned_cancels_{0};
 };
+
+static_assert(limit_set_like<RedisLimitSet<>>);
 
 }  // namespace tollgate::redis

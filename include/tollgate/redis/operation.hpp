@@ -98,7 +98,7 @@ struct ReserveOp : std::enable_shared_from_this<ReserveOp<Set>> {
         return;
       case OpState::retry_wait:
         if (!op->cas(OpState::retry_wait, OpState::sent)) return;
-        op->set->send_reserve(*op);
+        op->send_reserve();
         return;
       default: return;
     }
@@ -117,13 +117,99 @@ struct ReserveOp : std::enable_shared_from_this<ReserveOp<Set>> {
           std::lock_guard lock(armed_mutex);
           armed_self.reset();
         }
-        if (s == OpState::waiting) set->send_cancel(std::move(self));
+        if (s == OpState::waiting) send_cancel(std::move(self));
         else finish({AcquireResult::failed(Status::cancelled, Reason::stop_requested)});
         return;
       } else {
         return;  // already cancelling, finishing or done
       }
     }
+  }
+
+  // ---- Driving it against the store ----------------------------------------
+
+  static void launch(const std::shared_ptr<Op>& op, const Costs& costs, std::int64_t max_wait_ns, ::tollgate::stop_token stop) {
+    Set& s = *op->set;
+    op->max_wait_ns = max_wait_ns;
+    op->costs = costs;
+    if (auto bad = s.prepare(costs, op->iv)) return op->finish({*bad});
+    if (stop.stop_requested())
+      return op->finish({AcquireResult::failed(Status::cancelled, Reason::stop_requested)});
+    if (s.lease_ && s.lease_->spend(op->iv, s.clock_.now())) return op->finish({AcquireResult::acquired(), 0, Source::lease});
+    const auto now = s.clock_.now();
+    const auto wait = std::chrono::duration_cast<typename time_point::duration>(std::chrono::nanoseconds(max_wait_ns));
+    op->bounded = max_wait_ns < std::int64_t{1} << 62 && now.time_since_epoch() < time_point::duration::max() - wait;
+    if (op->bounded) op->deadline = now + wait;
+    if (stop.stop_possible()) {
+      Op* raw = op.get();
+      op->stop_cb.emplace(std::move(stop), std::function<void()>([raw] { raw->cancel(); }));
+    }
+    if (op->state.load() == OpState::cancel_requested)  // stopped while registering
+      return op->finish({AcquireResult::failed(Status::cancelled, Reason::stop_requested)});
+    op->send_reserve();
+  }
+
+  void send_reserve() {
+    Op& op = *this;
+    Set& s = *set;
+    std::int64_t wait = op.max_wait_ns;
+    if (op.bounded) {
+      const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(op.deadline - s.clock_.now()).count();
+      wait = std::max<std::int64_t>(0, left);
+    }
+    s.connection_.script_async(s.key_, s.args("reserve").add(op.iv).add(std::min<std::int64_t>(wait, std::int64_t{1} << 52)).take(),
+                               [self = op.shared_from_this()](Reply&& r) { self->on_reserved(r); });
+  }
+
+  void on_reserved(const Reply& r) {
+    Op& op = *this;
+    Set& s = *set;
+    const bool stopped = op.state.load(std::memory_order_acquire) == OpState::cancel_requested;
+    const ScriptReply reply(r, s.dims_.size());
+    if (!reply.answered()) {
+      Decision d = s.on_failure(r, op.costs);
+      if (d.result.status() == Status::not_now && !stopped && op.bounded &&
+          s.clock_.now() + d.result.retry_after() <= op.deadline && op.cas(OpState::sent, OpState::retry_wait)) {
+        op.arm(s.clock_.now() + std::chrono::duration_cast<typename time_point::duration>(d.result.retry_after()),
+               OpState::retry_wait);
+        return;
+      }
+      if (stopped && !d) d = {AcquireResult::failed(Status::cancelled, Reason::stop_requested)};
+      return op.finish(d);
+    }
+    s.store_answered();
+    if (reply.code() != 0) {  // refused: the wait would exceed max_wait
+      if (stopped) return op.finish({AcquireResult::failed(Status::cancelled, Reason::stop_requested)});
+      return op.finish(s.decode(reply));
+    }
+    op.epoch = reply.epoch();
+    op.grant = reply.instant();
+    if (reply.has_undo()) {
+      op.f_old = reply.grant_before();
+      for (std::size_t d = 0; d < s.dims_.size(); ++d) {
+        op.t_old[d] = reply.paid_before(d);
+        op.t_new[d] = reply.paid_after(d);
+      }
+    }
+    if (reply.wait() <= 0) return op.finish(op.granted());  // granted now: a stop that came meanwhile is too late
+    if (stopped || !op.cas(OpState::sent, OpState::waiting)) {  // a stop came (perhaps since `stopped` was read)
+      op.state.store(OpState::cancelling, std::memory_order_release);
+      return send_cancel(op.shared_from_this());
+    }
+    op.arm(s.clock_.now() + std::chrono::duration_cast<typename time_point::duration>(std::chrono::nanoseconds(reply.wait())),
+           OpState::waiting);
+  }
+
+  static void send_cancel(std::shared_ptr<Op> op) {
+    Set& set = *op->set;
+    auto a = set.args("cancel").add(op->epoch).add(op->grant).add(op->f_old).add(op->t_old).add(op->t_new);
+    set.connection_.script_async(set.key_, a.take(), [op](Reply&& r) {
+      Set& s = *op->set;
+      const std::int64_t code = r && !r.values.empty() ? r.values[0] : -1;
+      if (code == 2) return op->finish(op->granted());  // granted before the cancel arrived
+      (code == 0 ? s.returned_cancels_ : s.unreturned_cancels_).fetch_add(1, std::memory_order_relaxed);
+      op->finish({AcquireResult::failed(Status::cancelled, Reason::stop_requested)});
+    });
   }
 };
 
@@ -169,7 +255,7 @@ class [[nodiscard]] AcquireOperation {
       h.resume();
     });
     op_ = op;  // before launching: the op may complete on another thread at once
-    set_.launch(op, costs_, max_wait_ns_, std::move(stop_));
+    detail::ReserveOp<Set>::launch(op, costs_, max_wait_ns_, std::move(stop_));
     return true;
   }
   AcquireResult await_resume() const noexcept { return result_; }
