@@ -25,6 +25,7 @@
 
 #include "detail/bucket_step.hpp"
 #include "detail/fine_time.hpp"
+#include "detail/key_index.hpp"
 #include "limit.hpp"
 #include "result.hpp"
 #include "spin_mutex.hpp"
@@ -155,7 +156,7 @@ class BucketRegistry {
 
   ~BucketRegistry() {
     for (Shard& s : shards_)
-      for (Entry& e : s.entries) delete e.full;
+      for (Entry& e : s.index.entries) delete e.full;
   }
 
   /// Takes `cost` from `key`'s bucket now if the tokens are there; never
@@ -285,8 +286,7 @@ class BucketRegistry {
 
   struct Shard {
     SpinMutex mutex;
-    std::vector<Entry> entries;        // dense; `cursor` sweeps it
-    std::vector<std::uint64_t> slots;  // open addressing: 0 empty, else hash32 << 32 | index + 1
+    detail::KeyIndex<Entry, Hash, KeyEqual> index;  // `cursor` sweeps its dense entries
     std::vector<Tier> tiers;           // distinct limits of this shard's keys
     detail::fine_t last_now = std::numeric_limits<std::int64_t>::min();
     std::size_t cursor = 0;
@@ -316,7 +316,7 @@ class BucketRegistry {
   }
 
   Shard& shard_of(std::size_t h) noexcept {
-    return shards_[(h >> 48) & (shards_.size() - 1)];  // high bits: the slots use the low ones
+    return shards_[(h >> 48) & (shards_.size() - 1)];  // high bits: the index uses the low ones
   }
 
   detail::fine_t observe(Shard& s, time_point now_tp) const noexcept {
@@ -327,67 +327,9 @@ class BucketRegistry {
   }
 
 
-  // ---- the open-addressing index ----------------------------------------------
-  static std::uint32_t hash32(std::size_t h) noexcept { return static_cast<std::uint32_t>(h); }
-
-  template <class K>
-  Entry* find(Shard& s, std::size_t h, const K& key) noexcept {
-    if (s.slots.empty()) return nullptr;
-    const std::size_t mask = s.slots.size() - 1;
-    const std::uint64_t tag = std::uint64_t{hash32(h)} << 32;
-    for (std::size_t i = hash32(h) & mask;; i = (i + 1) & mask) {
-      const std::uint64_t slot = s.slots[i];
-      if (slot == 0) return nullptr;
-      if ((slot & 0xffffffff00000000u) == tag) {
-        Entry& e = s.entries[(slot & 0xffffffffu) - 1];
-        if (KeyEqual{}(e.key, key)) return &e;
-      }
-    }
-  }
-
-  static void place(Shard& s, std::size_t h, std::size_t index) noexcept {
-    const std::size_t mask = s.slots.size() - 1;
-    std::size_t i = hash32(h) & mask;
-    while (s.slots[i] != 0) i = (i + 1) & mask;
-    s.slots[i] = (std::uint64_t{hash32(h)} << 32) | (index + 1);
-  }
-
-  static void grow(Shard& s) {
-    std::vector<std::uint64_t> slots(s.slots.empty() ? 16 : s.slots.size() * 2, 0);
-    s.slots.swap(slots);
-    for (std::size_t i = 0; i < s.entries.size(); ++i) place(s, Hash{}(s.entries[i].key), i);
-  }
-
-  // Finds the slot holding `index`, starting at the home of hash `h`.
-  static std::size_t slot_of(const Shard& s, std::size_t h, std::size_t index) noexcept {
-    const std::size_t mask = s.slots.size() - 1;
-    std::size_t i = hash32(h) & mask;
-    while ((s.slots[i] & 0xffffffffu) != index + 1) i = (i + 1) & mask;
-    return i;
-  }
-
   // Removes entry `index` (its full bucket already dealt with).
   void erase(Shard& s, std::size_t index) noexcept {
-    const std::size_t mask = s.slots.size() - 1;
-    // 1. Empty its slot, shifting later members of the probe run back.
-    std::size_t i = slot_of(s, Hash{}(s.entries[index].key), index);
-    s.slots[i] = 0;
-    for (std::size_t j = (i + 1) & mask; s.slots[j] != 0; j = (j + 1) & mask) {
-      const std::size_t home = (s.slots[j] >> 32) & mask;
-      if (((j - home) & mask) >= ((j - i) & mask)) {
-        s.slots[i] = s.slots[j];
-        s.slots[j] = 0;
-        i = j;
-      }
-    }
-    // 2. Move the last entry into the hole, and repoint its slot.
-    const std::size_t last = s.entries.size() - 1;
-    if (index != last) {
-      std::uint64_t& moved = s.slots[slot_of(s, Hash{}(s.entries[last].key), last)];
-      moved = (moved & 0xffffffff00000000u) | (index + 1);
-      s.entries[index] = std::move(s.entries[last]);
-    }
-    s.entries.pop_back();
+    s.index.erase(index);
     size_.fetch_sub(1, std::memory_order_relaxed);
   }
 
@@ -410,7 +352,7 @@ class BucketRegistry {
   // key is new and the registry is at its cap.
   template <class K>
   Entry* find_or_insert(Shard& s, std::size_t h, const K& key, time_point now_tp, int attempt) {
-    if (Entry* e = find(s, h, key)) [[likely]]
+    if (Entry* e = s.index.find(h, key)) [[likely]]
       return e;
     const detail::fine_t now = observe(s, now_tp);
     sweep(s, now, attempt == 0 ? options_.sweep_per_insert : 0);
@@ -418,11 +360,8 @@ class BucketRegistry {
     Key k(key);
     const Limit limit = options_.policy ? options_.policy(k) : options_.default_limit;
     const std::uint32_t tier = tier_for(s, limit);
-    if ((s.entries.size() + 1) * 2 > s.slots.size()) grow(s);
-    s.entries.push_back(Entry{std::move(k), now - s.tiers[tier].tau, nullptr, tier});
     s.fresh_not_before = std::min(s.fresh_not_before, now);  // a new key is fresh
-    place(s, h, s.entries.size() - 1);
-    return &s.entries.back();
+    return &s.index.insert(h, Entry{std::move(k), now - s.tiers[tier].tau, nullptr, tier});
   }
 
   // Folds an unheld full bucket back into the compact form if it is idle.
@@ -449,15 +388,15 @@ class BucketRegistry {
   // least the shard's size, every entry is examined exactly once.
   std::size_t sweep(Shard& s, detail::fine_t now, std::size_t n) {
     std::size_t evicted = 0;
-    if (n >= s.entries.size()) {
+    if (n >= s.index.entries.size()) {
       // A full sweep. Nothing to find before the shard's bound (unless a full
       // bucket may fold back): at the key cap under a flood of new keys this
       // makes refusals O(1) instead of a scan per request.
       if (now < s.fresh_not_before && s.full_count == 0) return 0;
       detail::fine_t bound = detail::fine_max;
       // Backwards: erasing entry i moves the last one, already examined, into i.
-      for (std::size_t i = s.entries.size(); i-- > 0;) {
-        Entry& e = s.entries[i];
+      for (std::size_t i = s.index.entries.size(); i-- > 0;) {
+        Entry& e = s.index.entries[i];
         if (fold(s, e) && fresh(s, e, now)) {
           erase(s, i);
           ++evicted;
@@ -469,9 +408,9 @@ class BucketRegistry {
       s.cursor = 0;
       return evicted;
     }
-    for (std::size_t k = 0; k < n && !s.entries.empty(); ++k) {
-      if (s.cursor >= s.entries.size()) s.cursor = 0;
-      Entry& e = s.entries[s.cursor];
+    for (std::size_t k = 0; k < n && !s.index.entries.empty(); ++k) {
+      if (s.cursor >= s.index.entries.size()) s.cursor = 0;
+      Entry& e = s.index.entries[s.cursor];
       if (fold(s, e) && fresh(s, e, now)) {
         erase(s, s.cursor);
         ++evicted;

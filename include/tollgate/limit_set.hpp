@@ -67,12 +67,12 @@ class LimitSet : public detail::WaitingBucket<detail::SetCore, Clock, Mutex> {
   using fine_t = detail::fine_t;
 
  public:
-  using AcquireOperation = tollgate::AcquireOperation<LimitSet>;
-  using PermitOperation = tollgate::PermitOperation<LimitSet>;
-  using Permit = tollgate::Permit<Costs>;
-  using Reservation = tollgate::Reservation<LimitSet>;
   using typename Base::scheduler_type;
   using typename Base::time_point;
+  using Permit = tollgate::Permit<Costs>;
+  using AcquireOperation = tollgate::AcquireOperation<LimitSet>;
+  using PermitOperation = tollgate::PermitOperation<LimitSet>;
+  using Reservation = tollgate::Reservation<LimitSet>;
 
   /// A full set. Throws `std::invalid_argument` for no dimensions, more than
   /// `max_dimensions`, an empty or repeated name, or an invalid limit.

@@ -30,11 +30,8 @@ namespace tollgate {
 /// its bucket is fine).
 template <class Bucket>
 class [[nodiscard]] Reservation {
-  using Waiting = detail::waiting_base_t<Bucket>;
-  using cost_type = typename Waiting::cost_type;
-
  public:
-  using time_point = typename Waiting::time_point;
+  using time_point = typename detail::waiting_base_t<Bucket>::time_point;
 
   Reservation(Reservation&& o) noexcept
       : bucket_(std::exchange(o.bucket_, nullptr)),
@@ -85,6 +82,8 @@ class [[nodiscard]] Reservation {
 
  private:
   friend Bucket;
+  using Waiting = detail::waiting_base_t<Bucket>;
+  using cost_type = typename Waiting::cost_type;
 
   struct Node : Waiting::waiter_type {
     std::atomic<bool> completed{false};  // set by the bucket's completion

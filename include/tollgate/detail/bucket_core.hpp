@@ -26,7 +26,6 @@ class alignas(64) BucketCore {
   using cost_type = double;
   using waiter_type = Waiter;
   static void set_cost(Waiter& w, double cost) noexcept { w.cost = cost; }
-  static double zero_like(double) noexcept { return 0; }
   static void check_amount(const char* who, const char* what, double v, const double* = nullptr) {
     detail::check_amount(who, what, v);
   }
@@ -160,9 +159,6 @@ class alignas(64) BucketCore {
     paused_until_ = until;
     expire_overdue(finished);
   }
-
-  /// The instant before which nothing is admitted (a past instant when not paused).
-  fine_t paused_until() const noexcept { return paused_until_; }
 
   /// Takes `cost` unconditionally: an overrun already spent upstream (the
   /// actual token count exceeded the estimate). The bucket may go into debt,

@@ -37,17 +37,12 @@ inline constexpr fine_t fine_max = ~(fine_t(1) << 127);
 /// Whole nanoseconds to fine units (exact).
 constexpr fine_t fine_from_ns(std::int64_t ns) noexcept { return fine_t(ns) * fine_per_ns; }
 
-/// Fine units to nanoseconds, rounded down (towards -infinity): C++20
-/// defines `>>` of a negative value as an arithmetic shift, i.e. floor.
-constexpr fine_t floor_ns(fine_t f) noexcept { return f >> fine_shift; }
-
 /// Fine units to nanoseconds, rounded up (towards +infinity). `f` must not be
 /// the most negative value (no fine time is).
 constexpr fine_t ceil_ns(fine_t f) noexcept { return -((-f) >> fine_shift); }
 
 static_assert(ceil_ns(0) == 0 && ceil_ns(1) == 1 && ceil_ns(fine_per_ns) == 1 && ceil_ns(fine_per_ns + 1) == 2);
 static_assert(ceil_ns(-1) == 0 && ceil_ns(-fine_per_ns) == -1 && ceil_ns(-fine_per_ns - 1) == -1);
-static_assert(floor_ns(-1) == -1 && floor_ns(fine_per_ns - 1) == 0 && floor_ns(-fine_per_ns) == -1);
 
 /// Rounds a non-negative finite double up to a whole fine unit.
 inline fine_t ceil_fine(double x) noexcept {

@@ -60,7 +60,6 @@ class SetCore {
   using cost_type = Costs;
   using waiter_type = SetWaiter;
   static void set_cost(SetWaiter& w, const Costs& c) noexcept { w.costs = c; }
-  static Costs zero_like(const Costs& c) noexcept { return Costs::zeros(c.size()); }
 
   /// Throws `std::invalid_argument` unless every value of `v` is finite and
   /// >= 0 and (when `like` is given) `v` has as many values as `*like`.
@@ -191,8 +190,6 @@ class SetCore {
     floor_ = std::max(floor_, now);
     retime(n_, finished);
   }
-
-  fine_t paused_until() const noexcept { return paused_until_; }
 
   /// Gives `c` back, never above capacity in any dimension; waiters move up.
   void refund(fine_t now, const Costs& c) noexcept {
