@@ -1,9 +1,10 @@
-// BiasedMutex (TokenBucket's default Mutex): who holds the bias, when it is
+// BiasedMutex (an option for a bucket one thread owns): who holds the bias, when it is
 // revoked, and that two threads racing through the biased entry and the lock
 // never take a token twice. The template tests of the other files run every
 // single-threaded scenario over BiasedMutex too.
 
 #include <atomic>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -130,4 +131,55 @@ TEST_CASE("biased mutex: a bucket destroyed on another thread than its owner's i
   auto* bucket = new tollgate::TokenBucket<ManualClock, BiasedMutex>(Limit{5, 1}, ManualClock{});
   REQUIRE(bucket->try_acquire(2));
   std::thread([&] { delete bucket; }).join();  // a clean teardown under TSan and ASan
+}
+
+namespace {
+// A user's own mutex with a lock-free way in, told to the bucket through
+// mutex_traits: the bucket must use it (and fall back to the lock when it
+// says no), and call the teardown hook once. Single-threaded test: plain
+// counters shared by every GateMutex.
+struct GateCounts {
+  bool open = true;  // what the way in answers
+  int entered = 0, left = 0, locks = 0, teardowns = 0;
+};
+GateCounts gate;
+struct GateMutex {
+  std::atomic<bool> locked{false};
+  void lock() noexcept {
+    while (locked.exchange(true, std::memory_order_acquire)) {
+    }
+    ++gate.locks;
+  }
+  bool try_lock() noexcept { return !locked.exchange(true, std::memory_order_acquire); }
+  void unlock() noexcept { locked.store(false, std::memory_order_release); }
+};
+}  // namespace
+
+template <>
+struct tollgate::mutex_traits<GateMutex> {
+  static constexpr bool single_threaded = false;
+  static bool try_enter_fast(GateMutex&) noexcept {
+    if (!gate.open) return false;
+    ++gate.entered;
+    return true;
+  }
+  static void leave_fast(GateMutex&) noexcept { ++gate.left; }
+  static void before_teardown(GateMutex&) noexcept { ++gate.teardowns; }
+};
+
+TEST_CASE("mutex_traits: a user's mutex with a way in is used through the one hook", "[biased][traits]") {
+  gate = {};
+  ManualClock clock;
+  std::optional<tollgate::TokenBucket<ManualClock, GateMutex>> bucket(std::in_place, Limit{2, 1}, clock);
+  REQUIRE(bucket->try_acquire(1));
+  CHECK(gate.entered == 1);
+  CHECK(gate.left == 1);
+  CHECK(gate.locks == 0);  // the way in sufficed
+  gate.open = false;
+  REQUIRE(bucket->try_acquire(1));
+  CHECK(gate.entered == 1);
+  CHECK(gate.locks == 1);  // the way in said no: the lock
+  CHECK_FALSE(bucket->try_acquire(1));
+  bucket.reset();
+  CHECK(gate.teardowns == 1);
 }
