@@ -157,7 +157,7 @@ struct GateMutex {
 
 template <>
 struct tollgate::mutex_traits<GateMutex> {
-  static constexpr bool single_threaded = false;
+  [[maybe_unused]] static constexpr bool single_threaded = false;
   static bool try_enter_fast(GateMutex&) noexcept {
     if (!gate.open) return false;
     ++gate.entered;
