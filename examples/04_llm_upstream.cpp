@@ -68,14 +68,12 @@ Spawn complete(int n, double prompt_tokens, double max_tokens, std::latch& done)
     if (it == r.headers.end()) return std::nullopt;
     return std::string_view(it->second);
   };
-  const auto verdict = feedback.on_response(r.status, header, std::chrono::system_clock::now(), r.error_code);
-  if (verdict == tollgate::UpstreamVerdict::ok) {
-    const tollgate::Costs used{1, r.usage.prompt_tokens + r.usage.completion_tokens};
-    permit.settle(used);  // refunds the unused part of max_tokens (or charges an overrun)
-  } else {
-    const tollgate::Costs counted{1, 0};  // a refused call still counts as a request
-    permit.settle(counted);
-  }
+  // What the provider counted: the usage when served (the unused part of
+  // max_tokens is refunded, an overrun charged), the request alone otherwise.
+  const bool served = r.status >= 200 && r.status < 300;
+  const tollgate::Costs counted{1, served ? r.usage.prompt_tokens + r.usage.completion_tokens : 0};
+  // Settles, then applies the answer (429s pause, headers correct): that order.
+  const auto verdict = feedback.complete(permit, counted, r.status, header, r.error_code);
   std::printf("call %d: %-12s tokens now available %6.0f, rate %4.0f tokens/s\n", n,
               std::string(tollgate::to_string(verdict)).c_str(), upstream.available(1), feedback.rate(1));
   done.count_down();

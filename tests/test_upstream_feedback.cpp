@@ -1,6 +1,7 @@
 // UpstreamFeedback: a provider's answers feed back into a LimitSet.
 
 #include <chrono>
+#include <cmath>
 #include <map>
 #include <optional>
 #include <string>
@@ -114,4 +115,112 @@ TEST_CASE("feedback: the adaptive rate shrinks on a 429, ramps back on success, 
   CHECK(fb.on_response(429, headers({}), "insufficient_quota") == UpstreamVerdict::quota_exhausted);
   CHECK(fb.rate(1) == Approx(100));
   CHECK_THROWS_AS(Feedback(f.set, Feedback::Options{AdaptiveRate{1.5}}), std::invalid_argument);
+}
+
+TEST_CASE("feedback: header families bind to dimensions by name, checked at construction", "[feedback][binding]") {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  // Anthropic's three families on a set whose dimensions have other names.
+  Set set({{"rpm", Limit::per_minute(50)}, {"itpm", Limit::per_minute(40'000)}, {"otpm", Limit::per_minute(8'000)}},
+          clock, &sched);
+  Feedback::Options o;
+  o.bindings = {{tollgate::HeaderFamily::requests, "rpm"},
+                {tollgate::HeaderFamily::input_tokens, "itpm"},
+                {tollgate::HeaderFamily::output_tokens, "otpm"}};
+  Feedback fb(set, o);
+  CHECK(fb.bound(tollgate::HeaderFamily::output_tokens) == 2u);
+  CHECK_FALSE(fb.bound(tollgate::HeaderFamily::tokens));
+  fb.on_response(200, headers({{"anthropic-ratelimit-output-tokens-remaining", "300"},
+                               {"anthropic-ratelimit-input-tokens-remaining", "39000"}}));
+  CHECK(set.available(2) == 300);
+  CHECK(set.available(1) == 39'000);
+  CHECK(set.available(0) == 50);
+  // A binding to a missing dimension, a dimension bound twice, a set nothing binds to: errors, not no-ops.
+  Feedback::Options missing;
+  missing.bindings = {{tollgate::HeaderFamily::tokens, "tokens"}};
+  CHECK_THROWS_WITH(Feedback(set, missing),
+                    "UpstreamFeedback: a header binding names dimension \"tokens\", which the set does not have");
+  Feedback::Options twice;
+  twice.bindings = {{tollgate::HeaderFamily::input_tokens, "itpm"}, {tollgate::HeaderFamily::tokens, "itpm"}};
+  CHECK_THROWS_WITH(Feedback(set, twice), "UpstreamFeedback: dimension \"itpm\" bound twice");
+  Feedback::Options family_twice;
+  family_twice.bindings = {{tollgate::HeaderFamily::tokens, "itpm"}, {tollgate::HeaderFamily::tokens, "otpm"}};
+  CHECK_THROWS_AS(Feedback(set, family_twice), std::invalid_argument);
+  CHECK_THROWS_AS(Feedback(set), std::invalid_argument);  // no dimension is named after a family
+  // The provider profiles bind sets named as the providers name their limits.
+  Set anthropic({{"requests", Limit::per_minute(50)},
+                 {"input_tokens", Limit::per_minute(40'000)},
+                 {"output_tokens", Limit::per_minute(8'000)}},
+                clock, &sched);
+  Feedback::Options profile;
+  profile.bindings = tollgate::HeaderBindings::anthropic();
+  Feedback by_profile(anthropic, profile);
+  CHECK(by_profile.bound(tollgate::HeaderFamily::input_tokens) == 1u);
+  Feedback::Options openai;
+  openai.bindings = tollgate::HeaderBindings::openai();
+  CHECK_THROWS_AS(Feedback(anthropic, openai), std::invalid_argument);  // no "tokens" dimension
+}
+
+TEST_CASE("feedback: complete() settles before it applies the headers, so a refund never lifts the level above "
+          "the provider's remaining", "[feedback][complete]") {
+  Fixture f;
+  Feedback fb(f.set);
+  const tollgate::Costs estimate{1, 5'000};
+  // The provider counted 800 tokens and says 1,000 are left.
+  auto answer = headers({{"x-ratelimit-remaining-tokens", "1000"}});
+  {
+    Set::Permit p = f.set.try_acquire_permit(estimate);
+    REQUIRE(p);
+    CHECK(fb.complete(p, {1, 800}, 200, answer) == UpstreamVerdict::ok);
+    CHECK(p.settled());
+    CHECK(f.set.available(1) == 1000);
+  }
+  // The other order (headers, then settle) is what complete() avoids: the
+  // refund of 4,200 lands on top of the corrected level.
+  Fixture g;
+  Feedback fb2(g.set);
+  Set::Permit q = g.set.try_acquire_permit(estimate);
+  fb2.on_response(200, answer);
+  q.settle({1, 800});
+  CHECK(g.set.available(1) == 5'200);
+  // A header function and the options' wall clock work the same way.
+  Set::Permit r = f.set.try_acquire_permit({1, 500});
+  REQUIRE(r);
+  std::map<std::string, std::string> h{{"x-ratelimit-remaining-tokens", "100"}};
+  const auto header = [&](std::string_view name) -> std::optional<std::string_view> {
+    auto it = h.find(std::string(name));
+    if (it == h.end()) return std::nullopt;
+    return std::string_view(it->second);
+  };
+  CHECK(fb.complete(r, {1, 100}, 200, header) == UpstreamVerdict::ok);
+  // 100 up to the documented rounding allowance (a few units of 2^-32 ns of refill).
+  CHECK(std::abs(f.set.available(1) - 100) < 1e-9);
+}
+
+TEST_CASE("limit set: costs by dimension name", "[limitset][names]") {
+  Fixture f;
+  const tollgate::Costs c = f.set.costs({{"tokens", 800}, {"requests", 1}});
+  REQUIRE(c.size() == 2);
+  CHECK(c[0] == 1);
+  CHECK(c[1] == 800);
+  CHECK(f.set.costs({{"tokens", 5}})[0] == 0);
+  CHECK_THROWS_AS(f.set.costs({{"output_tokens", 1}}), std::out_of_range);
+  CHECK_THROWS_AS(f.set.costs({{"tokens", 1}, {"tokens", 2}}), std::invalid_argument);
+}
+
+TEST_CASE("manual scheduler: next_due names the earliest armed timer", "[manual][scheduler]") {
+  Fixture f;
+  CHECK_FALSE(f.sched.next_due());
+  REQUIRE(f.set.try_acquire({600, 0}));
+  std::optional<tollgate::AcquireResult> got;
+  auto waiter = [](Set& s, std::optional<tollgate::AcquireResult>& out) -> Task {
+    const tollgate::Costs one{1, 0};  // named: g++ 12 miscompiles a braced list inside co_await
+    out = co_await s.acquire(one);
+  };
+  Task t = waiter(f.set, got);
+  REQUIRE(f.sched.next_due());
+  CHECK(*f.sched.next_due() == f.clock.now() + 100ms);  // 600 per minute: one request per 100 ms
+  f.clock.advance_to(*f.sched.next_due());
+  CHECK(got);
+  CHECK_FALSE(f.sched.next_due());
 }

@@ -552,7 +552,7 @@ class Gateway {
       throw;
     }
 
-    // Feed the upstream's answer back, then settle both sets at the real usage.
+    // Settle both sets at the real usage, then feed the upstream's answer back.
     const auto header = [&res](std::string_view name) -> std::optional<std::string_view> {
       auto it = res.find(beast::string_view(name.data(), name.size()));
       if (it == res.end()) return std::nullopt;
@@ -565,7 +565,6 @@ class Gateway {
       for (const char* k : {"code", "type"})
         if (code.empty() && e.contains(k) && e[k].is_string()) code = e[k].get<std::string>();
     }
-    feedback_.on_response(static_cast<int>(res.result_int()), header, std::chrono::system_clock::now(), code);
     // The request was sent (it counts). A 200's tokens are its usage when the
     // usage is believable, else the estimate; other answers cost no tokens.
     double actual_tokens = out.maybe_sent ? estimate_tokens : 0;  // unknown: the estimate stands
@@ -578,7 +577,11 @@ class Gateway {
         out.note = answer.is_object() && answer.contains("usage") ? "usage_invalid: the estimate stands" : "usage_missing: the estimate stands";
       }
     }
+    // Settle first, then feed the answer back: the provider's remaining count
+    // already includes this call, so a refund after the correction would lift
+    // the shared set above it (UpstreamFeedback::complete's order).
     settle(mine, estimate, actual_tokens, out);
+    feedback_.on_response(static_cast<int>(res.result_int()), header, code);
     co_return res;
   }
 

@@ -2,6 +2,7 @@
 // LimitSet<Clock, Mutex>: several token buckets ("dimensions": requests,
 // tokens, input tokens, ...) taken all or nothing, with one FIFO queue.
 
+#include <array>
 #include <chrono>
 #include <initializer_list>
 #include <mutex>
@@ -94,6 +95,22 @@ class LimitSet : public detail::WaitingBucket<detail::SetCore, Clock, Mutex> {
     check_index("LimitSet::limit", i);
     std::lock_guard lock(mutex_);
     return core_.limit(i);
+  }
+
+  /// A cost vector given by dimension name, e.g. `set.costs({{"tokens", 800},
+  /// {"requests", 1}})`; dimensions not named cost 0. Throws
+  /// `std::out_of_range` for an unknown name and `std::invalid_argument` for a
+  /// name given twice.
+  Costs costs(std::initializer_list<std::pair<std::string_view, double>> named) const {
+    Costs c = Costs::zeros(dims_.size());
+    std::array<bool, max_dimensions> given{};
+    for (const auto& [name, value] : named) {
+      const std::size_t i = index(name);
+      if (given[i]) throw std::invalid_argument("LimitSet::costs: dimension \"" + std::string(name) + "\" given twice");
+      given[i] = true;
+      c[i] = value;
+    }
+    return c;
   }
 
   /// `r.message()` with the dimension named, e.g.

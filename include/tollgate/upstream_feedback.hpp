@@ -11,10 +11,16 @@
 #include <mutex>
 #include <optional>
 #include <stdexcept>
+#include <functional>
+#include <string>
 #include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "limit.hpp"
 #include "limit_set.hpp"
+#include "permit.hpp"
 #include "upstream_headers.hpp"
 
 namespace tollgate {
@@ -70,9 +76,36 @@ struct AdaptiveRate {
   }
 };
 
-/// Connects a LimitSet to a provider's answers. The set's dimensions are
-/// matched by name to the provider's headers: "requests", "tokens",
-/// "input_tokens", "output_tokens" (others are left alone).
+/// A provider's header family: which of `UpstreamLimits`' dimensions.
+enum class HeaderFamily : std::uint8_t { requests, tokens, input_tokens, output_tokens };
+
+/// Binds a header family (OpenAI's `x-ratelimit-*-tokens`, Anthropic's
+/// `anthropic-ratelimit-input-tokens-*`, ...) to a set's dimension by name.
+struct HeaderBinding {
+  HeaderFamily family;
+  std::string dimension;
+};
+
+/// Provider profiles: the bindings of each provider's header families.
+struct HeaderBindings {
+  /// OpenAI: requests and (combined) tokens.
+  static std::vector<HeaderBinding> openai() {
+    return {{HeaderFamily::requests, "requests"}, {HeaderFamily::tokens, "tokens"}};
+  }
+  /// Anthropic: requests, input tokens and output tokens, metered separately.
+  static std::vector<HeaderBinding> anthropic() {
+    return {{HeaderFamily::requests, "requests"},
+            {HeaderFamily::input_tokens, "input_tokens"},
+            {HeaderFamily::output_tokens, "output_tokens"}};
+  }
+};
+
+/// Connects a LimitSet to a provider's answers. Header families are bound to
+/// the set's dimensions by `Options::bindings` (e.g. `HeaderBindings::anthropic()`),
+/// checked at construction: a binding to a dimension the set does not have
+/// throws. Without bindings, a dimension named "requests", "tokens",
+/// "input_tokens" or "output_tokens" takes that family, and a set where no
+/// dimension binds throws (header sync is never a silent no-op).
 ///
 /// For each answer (`on_response`):
 ///  - `*-remaining` headers lower the matching dimension's unreserved tokens
@@ -98,22 +131,26 @@ class UpstreamFeedback {
   struct Options {
     std::optional<AdaptiveRate> adaptive;                        ///< none: header sync and pauses only
     std::chrono::nanoseconds default_pause = std::chrono::seconds(1);  ///< a 429 that says nothing
+    /// Which header family feeds which dimension; empty: by dimension name.
+    std::vector<HeaderBinding> bindings{};
+    /// The wall clock that absolute resets (RFC 3339, HTTP dates) are read
+    /// against by the `on_response` and `complete` overloads that take no
+    /// `now`; a simulation on a manual clock passes its own.
+    std::function<std::chrono::system_clock::time_point()> wall_clock = [] { return std::chrono::system_clock::now(); };
   };
 
-  explicit UpstreamFeedback(LimitSet<Clock, Mutex>& set, Options options = {}) : set_(set), options_(options) {
+  /// Throws `std::invalid_argument` for a bad AdaptiveRate, a binding to a
+  /// missing dimension, a family or dimension bound twice, or (without
+  /// bindings) a set none of whose dimensions is named after a family.
+  explicit UpstreamFeedback(LimitSet<Clock, Mutex>& set, Options options = {}) : set_(set), options_(std::move(options)) {
     if (options_.adaptive) options_.adaptive->validate();
     for (std::size_t i = 0; i < set.size(); ++i) {
       Dim& d = dims_[i];
       d.configured = set.limit(i);
       d.ceiling = d.applied_ceiling = d.configured;
       d.rate = d.applied = d.configured.rate;
-      const std::string& n = set.name(i);
-      d.field = n == "requests" ? &UpstreamLimits::requests
-              : n == "tokens" ? &UpstreamLimits::tokens
-              : n == "input_tokens" ? &UpstreamLimits::input_tokens
-              : n == "output_tokens" ? &UpstreamLimits::output_tokens
-                                     : nullptr;
     }
+    bind();
     last_ramp_ = set.clock().now();
   }
 
@@ -185,11 +222,46 @@ class UpstreamFeedback {
     return verdict;
   }
 
-  /// `on_response` with the headers read through `header(name)` (see parse_upstream_limits).
+  /// `on_response` with the headers read through `header(name)` (see
+  /// parse_upstream_limits), absolute resets read against `now`.
   template <class HeaderFn>
+    requires std::is_invocable_v<HeaderFn&, std::string_view>
   UpstreamVerdict on_response(int status, HeaderFn&& header, std::chrono::system_clock::time_point now,
                               std::string_view error_code = {}) {
     return on_response(status, parse_upstream_limits(std::forward<HeaderFn>(header), now), error_code);
+  }
+  /// ... against `Options::wall_clock`.
+  template <class HeaderFn>
+    requires std::is_invocable_v<HeaderFn&, std::string_view>
+  UpstreamVerdict on_response(int status, HeaderFn&& header, std::string_view error_code = {}) {
+    return on_response(status, std::forward<HeaderFn>(header), options_.wall_clock(), error_code);
+  }
+
+  /// Completes one upstream call in the one correct order: settles `permit`
+  /// at `actual` (what the provider counted: the usage, or for a refused call
+  /// what it still counts, such as the request), then applies the answer.
+  /// Settling first matters: a provider's `remaining` already counts this
+  /// call's real usage, so a refund applied after the correction would lift
+  /// the level above what the provider said is left. Returns the verdict.
+  UpstreamVerdict complete(Permit<Costs>& permit, const Costs& actual, int status, const UpstreamLimits& headers,
+                           std::string_view error_code = {}) {
+    if (!permit.settled()) permit.settle(actual);
+    return on_response(status, headers, error_code);
+  }
+  /// `complete` with the headers read through `header(name)`, resets against `Options::wall_clock`.
+  template <class HeaderFn>
+    requires std::is_invocable_v<HeaderFn&, std::string_view>
+  UpstreamVerdict complete(Permit<Costs>& permit, const Costs& actual, int status, HeaderFn&& header,
+                           std::string_view error_code = {}) {
+    return complete(permit, actual, status, parse_upstream_limits(std::forward<HeaderFn>(header), options_.wall_clock()),
+                    error_code);
+  }
+
+  /// The dimension header family `f` feeds, if any.
+  std::optional<std::size_t> bound(HeaderFamily f) const noexcept {
+    for (std::size_t i = 0; i < set_.size(); ++i)
+      if (dims_[i].field == field_of(f)) return i;
+    return std::nullopt;
   }
 
   /// The current refill rate of dimension `i` (the adaptive one, or the ceiling).
@@ -204,6 +276,48 @@ class UpstreamFeedback {
   }
 
  private:
+  static UpstreamDimension UpstreamLimits::*field_of(HeaderFamily f) noexcept {
+    switch (f) {
+      case HeaderFamily::requests: return &UpstreamLimits::requests;
+      case HeaderFamily::tokens: return &UpstreamLimits::tokens;
+      case HeaderFamily::input_tokens: return &UpstreamLimits::input_tokens;
+      case HeaderFamily::output_tokens: return &UpstreamLimits::output_tokens;
+    }
+    return nullptr;
+  }
+  static constexpr std::array<std::pair<HeaderFamily, std::string_view>, 4> kFamilyNames{
+      {{HeaderFamily::requests, "requests"},
+       {HeaderFamily::tokens, "tokens"},
+       {HeaderFamily::input_tokens, "input_tokens"},
+       {HeaderFamily::output_tokens, "output_tokens"}}};
+
+  // Binds header families to dimensions (see the class comment).
+  void bind() {
+    std::vector<HeaderBinding> bindings = options_.bindings;
+    const bool by_name = bindings.empty();
+    if (by_name)
+      for (const auto& [family, name] : kFamilyNames)
+        for (std::size_t i = 0; i < set_.size(); ++i)
+          if (set_.name(i) == name) bindings.push_back({family, std::string(name)});
+    if (bindings.empty())
+      throw std::invalid_argument(
+          "UpstreamFeedback: no dimension of the set is bound to a header family (name one \"requests\", "
+          "\"tokens\", \"input_tokens\" or \"output_tokens\", or give Options::bindings)");
+    for (const HeaderBinding& b : bindings) {
+      std::size_t i = 0;
+      while (i < set_.size() && set_.name(i) != b.dimension) ++i;
+      if (i == set_.size())
+        throw std::invalid_argument("UpstreamFeedback: a header binding names dimension \"" + b.dimension +
+                                    "\", which the set does not have");
+      if (dims_[i].field) throw std::invalid_argument("UpstreamFeedback: dimension \"" + b.dimension + "\" bound twice");
+      for (std::size_t j = 0; j < set_.size(); ++j)
+        if (dims_[j].field == field_of(b.family))
+          throw std::invalid_argument("UpstreamFeedback: a header family is bound to two dimensions (\"" +
+                                      set_.name(j) + "\" and \"" + b.dimension + "\")");
+      dims_[i].field = field_of(b.family);
+    }
+  }
+
   struct Dim {
     Limit configured, ceiling, applied_ceiling;
     double rate = 0;     // the adaptive rate

@@ -2,6 +2,7 @@
 // ManualScheduler: fires timers when a ManualClock is advanced.
 
 #include <cstddef>
+#include <optional>
 
 #include "../detail/timer_queue.hpp"
 #include "../scheduler.hpp"
@@ -32,6 +33,14 @@ class ManualScheduler final : public Scheduler<ManualClock>, private ManualClock
 
   /// How many timers are armed.
   std::size_t armed() const { return queue_.size(); }
+
+  /// The earliest armed timer's due instant (for event-driven simulations:
+  /// advance the clock straight to it); nullopt when nothing is armed.
+  std::optional<time_point> next_due() const {
+    time_point t;
+    if (queue_.earliest(t)) return t;
+    return std::nullopt;
+  }
 
   /// How many timers have fired since construction.
   std::size_t fired() const noexcept { return fired_; }
