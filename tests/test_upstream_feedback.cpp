@@ -117,6 +117,34 @@ TEST_CASE("feedback: the adaptive rate shrinks on a 429, ramps back on success, 
   CHECK_THROWS_AS(Feedback(f.set, Feedback::Options{AdaptiveRate{1.5}}), std::invalid_argument);
 }
 
+TEST_CASE("feedback: a 429 that names no exhausted dimension cuts the one nearest to exhaustion only",
+          "[feedback][adaptive]") {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  Set set({{"requests", Limit::per_minute(50)},
+           {"input_tokens", Limit::per_minute(40'000)},
+           {"output_tokens", Limit::per_minute(8'000)}},
+          clock, &sched);
+  Feedback::Options o;
+  o.adaptive = AdaptiveRate{};
+  o.bindings = tollgate::HeaderBindings::anthropic();
+  Feedback fb(set, o);
+  // Input tokens at 2.5% of their limit, output at 62%, requests at 90%: an input-token 429.
+  fb.on_response(429, headers({{"anthropic-ratelimit-input-tokens-remaining", "1000"},
+                               {"anthropic-ratelimit-input-tokens-limit", "40000"},
+                               {"anthropic-ratelimit-output-tokens-remaining", "5000"},
+                               {"anthropic-ratelimit-requests-remaining", "45"},
+                               {"retry-after", "1"}}));
+  CHECK(fb.rate(1) == Approx(40'000.0 / 60 * 0.8));
+  CHECK(fb.rate(0) == Approx(50.0 / 60));
+  CHECK(fb.rate(2) == Approx(8'000.0 / 60));
+  // Every dimension reported full: nothing says which, every rate is cut.
+  clock.advance(2s);
+  fb.on_response(429, headers({{"anthropic-ratelimit-output-tokens-remaining", "8000"}, {"retry-after", "1"}}));
+  CHECK(fb.rate(0) == Approx(50.0 / 60 * 0.8));
+  CHECK(fb.rate(2) == Approx(8'000.0 / 60 * 0.8));
+}
+
 TEST_CASE("feedback: header families bind to dimensions by name, checked at construction", "[feedback][binding]") {
   ManualClock clock;
   ManualScheduler sched(clock);

@@ -116,8 +116,10 @@ struct HeaderBindings {
 ///    waiters included, for `retry-after-ms` / `Retry-After`, else for the
 ///    exhausted dimension's reset, else for `default_pause`; capped at
 ///    `max_upstream_wait`;
-///  - with an AdaptiveRate: a rate-limit 429 multiplies the exhausted
-///    dimensions' rates (all, when none is reported exhausted) by `decrease`;
+///  - with an AdaptiveRate: a rate-limit 429 multiplies by `decrease` the
+///    rates of the dimensions reported exhausted, else of the one nearest to
+///    exhaustion (least remaining share of its limit), and of all of them
+///    only when no header reports a remaining count below the limit;
 ///    a success grows them by at most `ramp * ceiling` per second while the
 ///    provider reports headroom; an overload changes no rate;
 ///  - a quota error changes nothing and is returned for the caller to report.
@@ -171,6 +173,10 @@ class UpstreamFeedback {
       last_ramp_ = now;
       std::array<bool, max_dimensions> exhausted{};
       bool any_exhausted = false;
+      // The dimension nearest to exhaustion (least remaining share of its
+      // limit): the one a 429 concerns when no header reports one exhausted.
+      std::size_t nearest = max_dimensions;
+      double nearest_share = 2;
       std::optional<std::chrono::nanoseconds> reset_pause;
       bool headroom = true;
       for (std::size_t i = 0; i < set_.size(); ++i) {
@@ -185,12 +191,20 @@ class UpstreamFeedback {
         if (u.remaining) {
           remaining[i] = *u.remaining;
           const double cap = u.limit && *u.limit > 0 ? *u.limit : d.ceiling.capacity;
+          if (*u.remaining / cap < nearest_share) {
+            nearest_share = *u.remaining / cap;
+            nearest = i;
+          }
           if (*u.remaining < (options_.adaptive ? options_.adaptive->headroom : 0) * cap) headroom = false;
           if (*u.remaining < 1) {
             exhausted[i] = any_exhausted = true;
             if (u.reset) reset_pause = std::max(reset_pause.value_or(std::chrono::nanoseconds(0)), *u.reset);
           }
         }
+      }
+      if (!any_exhausted && nearest < max_dimensions && nearest_share < 1) {
+        exhausted[nearest] = true;  // the 429 concerns it; every dimension only when nothing says
+        any_exhausted = true;
       }
       if (verdict == UpstreamVerdict::rate_limited || verdict == UpstreamVerdict::overloaded)
         pause = std::min<std::chrono::nanoseconds>(
