@@ -1,13 +1,19 @@
 #pragma once
 // tollgate: header-only C++20 token-bucket rate limiting. The umbrella header.
 
+#include "acquire_operation.hpp"  // IWYU pragma: export
 #include "biased_mutex.hpp"
 #include "bucket_registry.hpp"  // IWYU pragma: export
 #include "coarse_clock.hpp"     // IWYU pragma: export
 #include "costs.hpp"            // IWYU pragma: export
 #include "limit.hpp"            // IWYU pragma: export
 #include "limit_set.hpp"        // IWYU pragma: export
+#include "limit_set_like.hpp"   // IWYU pragma: export
+#include "mutex_traits.hpp"     // IWYU pragma: export
 #include "null_mutex.hpp"       // IWYU pragma: export
+#include "output_estimator.hpp" // IWYU pragma: export
+#include "permit.hpp"           // IWYU pragma: export
+#include "reservation.hpp"      // IWYU pragma: export
 #include "result.hpp"           // IWYU pragma: export
 #include "scheduler.hpp"        // IWYU pragma: export
 #include "spin_mutex.hpp"       // IWYU pragma: export
