@@ -5,6 +5,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <tollgate/limit_set.hpp>
 #include <tollgate/testing/manual_clock.hpp>
@@ -251,4 +252,26 @@ TEST_CASE("manual scheduler: next_due names the earliest armed timer", "[manual]
   f.clock.advance_to(*f.sched.next_due());
   CHECK(got);
   CHECK_FALSE(f.sched.next_due());
+}
+
+TEST_CASE("feedback: after a 429 the pause's end releases what refilled during it, not every waiter at once",
+          "[feedback][herd]") {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  // A minute's burst locally (60), 1 per second.
+  Set set({{"requests", Limit{60, 1}}, {"tokens", Limit{60'000, 1'000}}}, clock, &sched);
+  Feedback fb(set);
+  int granted = 0;
+  auto waiter = [](Set& s, int& count) -> Task {
+    const tollgate::Costs one{1, 1};
+    if ((co_await s.acquire(one)).ok()) ++count;
+  };
+  // The provider refuses (it enforces per second) and says only "retry after 5 s".
+  fb.on_response(429, headers({{"retry-after", "5"}}));
+  std::vector<Task> tasks;
+  for (int i = 0; i < 20; ++i) tasks.push_back(waiter(set, granted));
+  clock.advance(5s);
+  CHECK(granted == 5);  // 5 s of refill, not the 20 a full local bucket would release
+  clock.advance(3s);
+  CHECK(granted == 8);  // then at the rate
 }

@@ -115,7 +115,11 @@ struct HeaderBindings {
 ///  - a rate-limit 429 or an overload (503/529) pauses the whole set, queued
 ///    waiters included, for `retry-after-ms` / `Retry-After`, else for the
 ///    exhausted dimension's reset, else for `default_pause`; capped at
-///    `max_upstream_wait`;
+///    `max_upstream_wait`. A rate-limit 429 also empties the dimensions it
+///    concerns (below), so that the pause's end releases only what refilled
+///    during it, at most a capacity: size a dimension's capacity to the
+///    provider's enforcement window (a per-minute limit enforced per second:
+///    one second's worth) and no burst the window cannot take is released;
 ///  - with an AdaptiveRate: a rate-limit 429 multiplies by `decrease` the
 ///    rates of the dimensions reported exhausted, else of the one nearest to
 ///    exhaustion (least remaining share of its limit), and of all of them
@@ -212,6 +216,11 @@ class UpstreamFeedback {
             max_upstream_wait);
       for (std::size_t i = 0; i < set_.size(); ++i) {
         Dim& d = dims_[i];
+        // A rate-limit 429 says the provider has nothing left in the
+        // dimensions it concerns: empty them locally too, so that when the
+        // pause ends only what refilled meanwhile is released (at most a
+        // capacity, at the rate): no herd of every queued waiter at once.
+        if (verdict == UpstreamVerdict::rate_limited && (exhausted[i] || !any_exhausted)) remaining[i] = 0.0;
         if (const auto& a = options_.adaptive) {
           if (verdict == UpstreamVerdict::rate_limited && (exhausted[i] || !any_exhausted))
             d.rate = std::max(a->floor * d.ceiling.rate, d.rate * a->decrease);
