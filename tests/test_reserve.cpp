@@ -25,6 +25,15 @@ namespace {
 using Bucket = tollgate::TokenBucket<ManualClock>;
 using Set = tollgate::LimitSet<ManualClock>;
 
+// A bucket on a manual clock and its scheduler; `t0` is the start.
+struct Rig {
+  explicit Rig(Limit limit) : b(limit, clock, &sched) {}
+  ManualClock clock;
+  ManualScheduler sched{clock};
+  Bucket b;
+  ManualClock::time_point t0 = clock.now();
+};
+
 Task acquire_into(Bucket& b, double cost, std::optional<AcquireResult>& out, ManualClock& clock,
                   std::optional<ManualClock::time_point>& at) {
   out = co_await b.acquire(cost);
@@ -34,10 +43,8 @@ Task acquire_into(Bucket& b, double cost, std::optional<AcquireResult>& out, Man
 
 TEST_CASE("reserve: granted at once while the tokens are there, then for the instant they will be",
           "[reserve]") {
-  ManualClock clock;
-  ManualScheduler sched(clock);
-  Bucket b(Limit{2, 1}, clock, &sched);
-  const auto t0 = clock.now();
+  Rig rig(Limit{2, 1});
+  auto& [clock, sched, b, t0] = rig;
   Bucket::Reservation a = b.reserve(1);
   Bucket::Reservation c = b.reserve(1);
   REQUIRE(a);
@@ -59,10 +66,8 @@ TEST_CASE("reserve: granted at once while the tokens are there, then for the ins
 
 TEST_CASE("reserve: cancel before the instant gives the cost back exactly; waiters behind move up",
           "[reserve]") {
-  ManualClock clock;
-  ManualScheduler sched(clock);
-  Bucket b(Limit{1, 1}, clock, &sched);
-  const auto t0 = clock.now();
+  Rig rig(Limit{1, 1});
+  auto& [clock, sched, b, t0] = rig;
   REQUIRE(b.try_acquire(1));
   Bucket::Reservation r = b.reserve(1);  // due at t0 + 1 s
   REQUIRE(r.time_to_act() == t0 + 1s);
