@@ -373,13 +373,16 @@ TEST_CASE("acquire: failures carry a reason", "[acquire]") {
 }
 
 TEST_CASE("TimerThreadScheduler: resumes waiters on its own thread", "[acquire][timer-thread]") {
-  // A real steady_clock bucket, drained, then 50 waiters of 1 ms each: the
-  // test blocks on an atomic (no sleep, no clock reading) until all resumed.
-  // `tasks` is declared first so that it is destroyed last, after the
-  // scheduler's thread has been joined.
+  // A real steady_clock bucket, drained at a rate so slow that every waiter
+  // certainly queues (whatever the pace of this thread), then sped up so
+  // they are due 1 ms apart from the instant of the change: none is due at
+  // that instant, so only the timer thread can resume them. The test blocks
+  // on an atomic (no sleep, no clock reading) until all resumed. `tasks` is
+  // declared first so that it is destroyed last, after the scheduler's
+  // thread has been joined.
   std::vector<Task> tasks;
   tollgate::TimerThreadScheduler<> sched;
-  tollgate::TokenBucket<> bucket(Limit{50, 50'000}, {}, &sched);
+  tollgate::TokenBucket<> bucket(Limit{50, 1e-3}, {}, &sched);
   REQUIRE(bucket.try_acquire(50).ok());
   constexpr int kWaiters = 50;
   std::atomic<int> left{kWaiters};
@@ -391,10 +394,10 @@ TEST_CASE("TimerThreadScheduler: resumes waiters on its own thread", "[acquire][
       if (n.fetch_sub(1) == 1) n.notify_all();
     }(bucket, left, on_timer_thread, test_thread));
   }
+  REQUIRE(bucket.waiters() == kWaiters);
+  bucket.set_rate(50'000);  // 50 tokens per ms: the first waiter is due 1 ms from now
   for (int v = left.load(); v != 0; v = left.load()) left.wait(v);
-  // Every waiter that had to wait was resumed by the timer thread; only a
-  // test thread preempted for over a millisecond could see one pass at once.
-  CHECK(on_timer_thread.load() >= 1);
+  CHECK(on_timer_thread.load() == kWaiters);
   CHECK(bucket.waiters() == 0);
 }
 

@@ -28,6 +28,10 @@ export WINEPREFIX="$PWD/$out/wineprefix" WINEDEBUG=-all
 status=0
 for exe in tollgate_tests tollgate_stop_token_tests; do
   echo "== $exe.exe under $("$wine" --version 2>/dev/null || echo wine)"
-  "$wine" "$out/$exe.exe" 2>&1 | tail -n 3 || status=1  # pipefail: the test's exit code counts
+  if ! "$wine" "$out/$exe.exe" > "$out/$exe.log" 2>&1; then
+    status=1
+    grep -B4 -A30 -E 'FAILED|failed' "$out/$exe.log" | head -n 200 || true  # what failed, not just the count
+  fi
+  tail -n 3 "$out/$exe.log"
 done
 exit $status
