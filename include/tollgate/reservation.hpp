@@ -69,15 +69,7 @@ class [[nodiscard]] Reservation {
   /// then. At or after its instant, or when it was refused, does nothing.
   bool cancel() noexcept {
     if (!node_ || !bucket_) return false;
-    bool removed = false;
-    bucket_->mutate([&](auto& core, detail::fine_t t, detail::WaiterList& finished) {
-      if (core.remove(t, *node_, false) != detail::Removal::removed) return;
-      node_->outcome = Status::cancelled;
-      node_->reason = Reason::stop_requested;
-      finished.push_back(*node_);
-      removed = true;
-    });
-    return removed;
+    return bucket_->cancel(*node_);  // completes it `cancelled` when it was still pending
   }
 
  private:

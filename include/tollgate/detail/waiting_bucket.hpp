@@ -287,12 +287,14 @@ class WaitingBucket : public PermitIssuer<typename Core::cost_type> {
 
   // Stop-token cancellation: completes `w` as cancelled unless already granted.
   // Later waiters that moved up and are due now complete after it.
-  void cancel(Waiter& w) noexcept {
-    mutate([&](Core& core, fine_t t, WaiterList& finished) {
-      if (core.remove(t, w, false) != Removal::removed) return;
+  // Returns true when it was removed (false: already granted or completed).
+  bool cancel(Waiter& w) noexcept {
+    return mutate([&](Core& core, fine_t t, WaiterList& finished) {
+      if (core.remove(t, w, false) != Removal::removed) return false;
       w.outcome = Status::cancelled;
       w.reason = Reason::stop_requested;
       finished.push_back(w);
+      return true;
     });
   }
 
