@@ -26,26 +26,13 @@
 #include "detail/bucket_step.hpp"
 #include "detail/fine_time.hpp"
 #include "detail/key_index.hpp"
+#include "keys.hpp"
 #include "limit.hpp"
 #include "result.hpp"
 #include "spin_mutex.hpp"
 #include "token_bucket.hpp"
 
 namespace tollgate {
-
-/// A transparent hash for string keys: a `std::string_view` or `const char*`
-/// finds a `std::string` key without allocating.
-struct StringHash {
-  using is_transparent = void;
-  std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
-};
-
-/// What a BucketRegistry does with a new key once it holds `max_keys` keys
-/// (after trying to evict fresh buckets). Existing keys are never affected.
-enum class OverflowPolicy {
-  shared_bucket,  ///< new keys share one overflow bucket (`overflow_limit`)
-  reject,         ///< new keys are refused: `Status::rejected`, or a null handle
-};
 
 /// Per-key token buckets.
 ///
@@ -298,16 +285,9 @@ class BucketRegistry {
 
   static AcquireResult rejected() noexcept { return AcquireResult::failed(Status::rejected, Reason::key_cap_reached); }
 
-  // A key's size in bytes, for `max_key_bytes`.
   template <class K>
   static std::size_t key_bytes(const K& key) noexcept {
-    if constexpr (std::is_convertible_v<const K&, std::string_view>) {
-      return std::string_view(key).size();
-    } else if constexpr (requires { key.size(); typename K::value_type; }) {
-      return key.size() * sizeof(typename K::value_type);
-    } else {
-      return sizeof(K);
-    }
+    return detail::key_bytes(key);
   }
   // The refusal of a key over `max_key_bytes`; its "cost" is the key's size.
   template <class K>

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "costs.hpp"
+#include "detail/dimension_names.hpp"
 #include "detail/set_core.hpp"
 #include "detail/waiting_bucket.hpp"
 #include "acquire_operation.hpp"
@@ -28,12 +29,6 @@
 #include "spin_mutex.hpp"
 
 namespace tollgate {
-
-/// One named dimension of a LimitSet.
-struct Dimension {
-  std::string name;  ///< e.g. "requests", "tokens"; unique within the set
-  Limit limit;
-};
 
 /// Several token buckets over named dimensions, acquired together: what an
 /// LLM provider meters (OpenAI: requests and tokens per minute; Anthropic:
@@ -78,19 +73,15 @@ class LimitSet : public detail::WaitingBucket<detail::SetCore, Clock, Mutex> {
   /// A full set. Throws `std::invalid_argument` for no dimensions, more than
   /// `max_dimensions`, an empty or repeated name, or an invalid limit.
   explicit LimitSet(std::vector<Dimension> dimensions, Clock clock = Clock{}, scheduler_type* scheduler = nullptr)
-      : Base(std::move(clock), scheduler, std::span<const Limit>(checked(dimensions))), dims_(std::move(dimensions)) {}
+      : LimitSet(detail::DimensionNames(std::move(dimensions), "LimitSet::LimitSet"), std::move(clock), scheduler) {}
   LimitSet(std::initializer_list<Dimension> dimensions, Clock clock = Clock{}, scheduler_type* scheduler = nullptr)
       : LimitSet(std::vector<Dimension>(dimensions), std::move(clock), scheduler) {}
 
   /// How many dimensions; `name(i)` and `limit(i)` describe dimension `i`.
   std::size_t size() const noexcept { return dims_.size(); }
-  const std::string& name(std::size_t i) const { return dims_.at(i).name; }
+  const std::string& name(std::size_t i) const { return dims_.name(i); }
   /// The index of the dimension called `name`; throws `std::out_of_range` naming it.
-  std::size_t index(std::string_view name) const {
-    for (std::size_t i = 0; i < dims_.size(); ++i)
-      if (dims_[i].name == name) return i;
-    throw std::out_of_range("LimitSet::index: no dimension named \"" + std::string(name) + "\"");
-  }
+  std::size_t index(std::string_view name) const { return dims_.index(name, "LimitSet::index"); }
   Limit limit(std::size_t i) const {
     check_index("LimitSet::limit", i);
     std::lock_guard lock(mutex_);
@@ -102,22 +93,12 @@ class LimitSet : public detail::WaitingBucket<detail::SetCore, Clock, Mutex> {
   /// `std::out_of_range` for an unknown name and `std::invalid_argument` for a
   /// name given twice.
   Costs costs(std::initializer_list<std::pair<std::string_view, double>> named) const {
-    Costs c = Costs::zeros(dims_.size());
-    std::array<bool, max_dimensions> given{};
-    for (const auto& [name, value] : named) {
-      const std::size_t i = index(name);
-      if (given[i]) throw std::invalid_argument("LimitSet::costs: dimension \"" + std::string(name) + "\" given twice");
-      given[i] = true;
-      c[i] = value;
-    }
-    return c;
+    return dims_.costs(named, "LimitSet::costs");
   }
 
   /// `r.message()` with the dimension named, e.g.
   /// "never: cost exceeds capacity (cost 50000 in tokens)".
-  std::string message(const AcquireResult& r) const {
-    return r.message(r.dimension() < dims_.size() ? std::string_view(dims_[r.dimension()].name) : std::string_view());
-  }
+  std::string message(const AcquireResult& r) const { return dims_.message(r); }
 
   /// Takes `costs` now if every dimension has them and nobody is queued;
   /// never waits. `not_now` carries the wait until the latest dimension (and
@@ -247,36 +228,13 @@ class LimitSet : public detail::WaitingBucket<detail::SetCore, Clock, Mutex> {
   using Base::mutex_;
   using Base::rel;
 
-  void check_index(const char* who, std::size_t i) const {
-    if (i < dims_.size()) return;
-    std::ostringstream os;
-    os << who << ": dimension " << i << " out of range (the set has " << dims_.size() << ")";
-    throw std::out_of_range(os.str());
-  }
+  LimitSet(detail::DimensionNames dims, Clock clock, scheduler_type* scheduler)
+      : Base(std::move(clock), scheduler, std::span<const Limit>(dims.limits())), dims_(std::move(dims)) {}
 
-  const Costs& zeros() const noexcept { return zeros_; }
+  void check_index(const char* who, std::size_t i) const { dims_.check_index(who, i); }
+  const Costs& zeros() const noexcept { return dims_.zeros(); }
 
-  static std::vector<Limit> checked(const std::vector<Dimension>& dims) {
-    if (dims.empty() || dims.size() > max_dimensions) {
-      std::ostringstream os;
-      os << "LimitSet::LimitSet: " << dims.size() << " dimensions; between 1 and " << max_dimensions << " allowed";
-      throw std::invalid_argument(os.str());
-    }
-    std::vector<Limit> limits;
-    for (std::size_t i = 0; i < dims.size(); ++i) {
-      if (dims[i].name.empty())
-        throw std::invalid_argument("LimitSet::LimitSet: dimension " + std::to_string(i) + " has no name");
-      for (std::size_t j = 0; j < i; ++j)
-        if (dims[j].name == dims[i].name)
-          throw std::invalid_argument("LimitSet::LimitSet: two dimensions named \"" + dims[i].name + "\"");
-      dims[i].limit.validate(("LimitSet::LimitSet (dimension \"" + dims[i].name + "\")").c_str());
-      limits.push_back(dims[i].limit);
-    }
-    return limits;
-  }
-
-  std::vector<Dimension> dims_;
-  Costs zeros_ = Costs::zeros(dims_.size());
+  detail::DimensionNames dims_;
 };
 
 static_assert(limit_set_like<LimitSet<>>);

@@ -129,6 +129,7 @@ class [[nodiscard]] Permit {
   }
   static Cost zero_like(const Cost& c) noexcept {
     if constexpr (std::is_same_v<Cost, Costs>) return Costs::zeros(c.size());
+    else if constexpr (requires { c.zeroed(); }) return c.zeroed();  // KeyedCosts: the same key
     else return Cost{};
   }
   detail::PermitIssuer<Cost>* bucket_ = nullptr;

@@ -60,6 +60,9 @@ enum class Reason : std::uint8_t {
   store_error,
   store_closed,
   key_too_long,
+  key_missing,
+  cost_exceeds_key_capacity,
+  wait_grew_past_max_wait,
 };
 
 /// A fixed phrase for each Reason, e.g. "cost exceeds capacity".
@@ -83,6 +86,10 @@ constexpr std::string_view to_string(Reason r) noexcept {
     case Reason::store_error: return "the store answered with an error";
     case Reason::store_closed: return "the connection to the store was closed";
     case Reason::key_too_long: return "key longer than the registry's max_key_bytes";
+    case Reason::key_missing: return "the costs carry no key (make them with SharedLimitSet::keyed)";
+    case Reason::cost_exceeds_key_capacity: return "cost exceeds the key's own capacity (its tier's limit)";
+    case Reason::wait_grew_past_max_wait:
+      return "wait grew past max_wait after it queued (keys with a smaller share, a pause, a debt or a lower remaining count went first)";
   }
   return "unknown";
 }

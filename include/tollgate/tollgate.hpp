@@ -13,7 +13,10 @@
 #include "null_mutex.hpp"       // IWYU pragma: export
 #include "output_estimator.hpp" // IWYU pragma: export
 #include "permit.hpp"           // IWYU pragma: export
+#include "keyed_costs.hpp"      // IWYU pragma: export
+#include "keys.hpp"             // IWYU pragma: export
 #include "reservation.hpp"      // IWYU pragma: export
+#include "shared_limit_set.hpp" // IWYU pragma: export
 #include "result.hpp"           // IWYU pragma: export
 #include "scheduler.hpp"        // IWYU pragma: export
 #include "spin_mutex.hpp"       // IWYU pragma: export

@@ -5,10 +5,25 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 namespace tollgate::detail {
+
+/// A key's size in bytes, for a registry's `max_key_bytes`: a string's
+/// length; for other keys, `size() * sizeof(value_type)` or `sizeof(Key)`.
+template <class K>
+std::size_t key_bytes(const K& key) noexcept {
+  if constexpr (std::is_convertible_v<const K&, std::string_view>) {
+    return std::string_view(key).size();
+  } else if constexpr (requires { key.size(); typename K::value_type; }) {
+    return key.size() * sizeof(typename K::value_type);
+  } else {
+    return sizeof(K);
+  }
+}
 
 template <class Entry, class Hash, class KeyEqual>
 class KeyIndex {

@@ -36,6 +36,7 @@ class WaiterList {
  public:
   bool empty() const noexcept { return head_ == nullptr; }
   Waiter* front() const noexcept { return head_; }
+  Waiter* back() const noexcept { return tail_; }
   std::size_t size() const noexcept { return size_; }
 
   void push_back(Waiter& w) noexcept {

@@ -1,0 +1,643 @@
+#pragma once
+// FairCore: the arithmetic and queues of a SharedLimitSet: one set of shared
+// dimensions (the upstream's quota), each key's own capped dimensions (its
+// tier's limits), and a queue per key, served in weighted fair order (or
+// FIFO). No clock, no lock: the caller holds the lock.
+//
+// Accounting. Shared dimension d keeps `start[d]` and a key's capped
+// dimension d keeps its own, as SetCore does (BucketStep's paid-up-to
+// instants). A request is granted at one instant g, taking its cost from the
+// shared dimensions and its key's capped ones together:
+//
+//     g = max(previous grant, pause end, max_d(start[d] + iv[d]), max_d(key_start[d] + kiv[d]))
+//
+// so both the shared set and every key are conformant at every grant
+// instant, and nothing is held anywhere while a request waits: a waiter
+// takes nothing until it is granted, so cancelling it (or refusing it) is
+// exact by construction.
+//
+// Order. Every key with waiters has a FIFO queue. Between keys, start-time
+// fair queueing (SFQ): a request gets the virtual start tag
+// `max(V, key's last finish tag)` and finish tag `start + dominant / weight`,
+// where `dominant` is the request's largest refill time over the shared
+// dimensions (its dominant share of the upstream: dominant-resource
+// fairness measured in refill time) and V is the start tag of the latest
+// grant. The next grant goes to the head with the smallest start tag among
+// the keys whose own limits would not delay it past the shared set's
+// instant; when every head waits on its own key, to the one that can go
+// earliest (work-conserving: the shared set never idles while some waiter
+// could take it). With `fair == false` the order is arrival (FIFO).
+//
+// Costs: a grant or a newcomer's prediction is O(keys with waiters); nothing
+// is per request beyond its own queue node.
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <limits>
+#include <span>
+#include <vector>
+
+#include "../costs.hpp"
+#include "../keyed_costs.hpp"
+#include "../limit.hpp"
+#include "../result.hpp"
+#include "bucket_step.hpp"
+#include "fine_time.hpp"
+#include "set_core.hpp"
+#include "waiter.hpp"
+
+namespace tollgate::detail {
+
+/// A tier's weight and its per-key caps (a capped dimension has a limit).
+struct FairTier {
+  double weight = 1;
+  std::array<BucketStep, max_dimensions> cap{};
+  std::array<bool, max_dimensions> capped{};
+};
+
+/// A SharedLimitSet's queue node.
+struct FairWaiter : Waiter {
+  KeyedCosts request;
+  std::array<fine_t, max_dimensions> iv{};   // refill times in the shared dimensions
+  std::array<fine_t, max_dimensions> kiv{};  // ... and in its key's capped ones
+  double stag = 0;                           // virtual start tag
+  std::uint64_t seq = 0;                     // arrival order
+  std::size_t heap_pos = ~std::size_t{0};    // in the deadline heap, if it has a deadline
+};
+
+class FairCore {
+ public:
+  using cost_type = KeyedCosts;
+  using waiter_type = FairWaiter;
+  static constexpr std::uint32_t none = ~std::uint32_t{0};
+
+  static void set_cost(FairWaiter& w, const KeyedCosts& c) noexcept { w.request = c; }
+  static void check_amount(const char* who, const char* what, const KeyedCosts& v, const KeyedCosts* like = nullptr) {
+    SetCore::check_amount(who, what, v.costs(), like ? &like->costs() : nullptr);
+  }
+
+  /// Limits and tiers must be valid (the public class checks them).
+  FairCore(std::span<const Limit> shared, std::vector<FairTier> tiers, bool fair)
+      : n_(shared.size()), fair_(fair), tiers_(std::move(tiers)) {
+    for (std::size_t d = 0; d < n_; ++d) {
+      dims_[d].step.apply(shared[d]);
+      dims_[d].start = -dims_[d].step.tau;
+    }
+  }
+
+  std::size_t size() const noexcept { return n_; }
+  const Limit& limit(std::size_t d) const noexcept { return dims_[d].step.limit; }
+  void set_horizon(fine_t horizon) noexcept { horizon_ = horizon; }
+  std::size_t tier_count() const noexcept { return tiers_.size(); }
+  const FairTier& tier(std::size_t t) const noexcept { return tiers_[t]; }
+
+  // ---- keys -----------------------------------------------------------
+
+  /// A new key of tier `tier`, full at `now`. Its address never changes.
+  KeySlot& new_slot(std::uint32_t tier, fine_t now) {
+    std::uint32_t id;
+    if (!free_.empty()) {
+      id = free_.back();
+      free_.pop_back();
+    } else {
+      id = static_cast<std::uint32_t>(slots_.size());
+      kstart_.resize(kstart_.size() + n_);
+      slots_.emplace_back().id = id;
+      // Every key may come to have waiters: the active list never reallocates under admit.
+      if (active_.capacity() < slots_.size()) active_.reserve(std::max(slots_.size(), 2 * active_.capacity()));
+    }
+    KeySlot& k = slots_[id];
+    k.tier = tier;
+    k.active = none;
+    k.finish = 0;
+    for (std::size_t d = 0; d < n_; ++d) ks(k, d) = now - tiers_[tier].cap[d].tau;
+    return k;
+  }
+  /// Gives a fresh key's slot back (see `fresh`).
+  void free_slot(KeySlot& k) { free_.push_back(k.id); }
+
+  /// True when dropping `k` is unobservable: nothing refers to it, nothing
+  /// waits on it, and each of its capped dimensions is full.
+  bool fresh(const KeySlot& k, fine_t now) const noexcept {
+    if (k.pins.load(std::memory_order_acquire) != 0 || k.active != none) return false;
+    const FairTier& t = tiers_[k.tier];
+    for (std::size_t d = 0; d < n_; ++d)
+      if (t.capped[d] && !t.cap[d].full(ks(k, d), now)) return false;
+    return true;
+  }
+
+  /// Unreserved tokens of key `k`'s capped dimension d (infinity when uncapped).
+  double key_available(fine_t now, const KeySlot& k, std::size_t d) noexcept {
+    now = grant_due(now);
+    const FairTier& t = tiers_[k.tier];
+    if (!t.capped[d]) return std::numeric_limits<double>::infinity();
+    if (k.active != none) return 0;
+    return t.cap[d].tokens(ks(k, d), now);
+  }
+
+  /// Slots made so far (each 2 x 8 bytes of state + n paid-up-to instants).
+  std::size_t slot_count() const noexcept { return slots_.size(); }
+  std::size_t bytes_per_slot() const noexcept { return sizeof(KeySlot) + n_ * sizeof(fine_t); }
+
+  // ---- the waiting core (see WaitingBucket) -----------------------------
+
+  /// `acquired` when `c` is usable; otherwise the failure, naming the dimension.
+  AcquireResult check(const KeyedCosts& c) const noexcept {
+    if (!c.key_) [[unlikely]] {
+      switch (c.refusal_) {
+        case KeyedCosts::Refusal::key_cap: return AcquireResult::failed(Status::rejected, Reason::key_cap_reached);
+        case KeyedCosts::Refusal::key_too_long: return AcquireResult::failed(Status::invalid, Reason::key_too_long);
+        case KeyedCosts::Refusal::none: break;
+      }
+      return AcquireResult::failed(Status::invalid, Reason::key_missing);
+    }
+    return check(*c.key_, c.costs_);
+  }
+  AcquireResult check(const KeySlot& k, const Costs& v) const noexcept {
+    if (v.size() != n_) [[unlikely]]
+      return AcquireResult::failed(Status::invalid, Reason::wrong_dimension_count, static_cast<double>(v.size()));
+    const FairTier& t = tiers_[k.tier];
+    for (std::size_t d = 0; d < n_; ++d) {
+      const AcquireResult r = check_cost(v[d], dims_[d].step.limit.capacity);
+      if (!r) [[unlikely]]
+        return AcquireResult::failed(r.status(), r.reason_code(), v[d], static_cast<std::uint8_t>(d));
+      if (t.capped[d] && v[d] > t.cap[d].limit.capacity) [[unlikely]]
+        return AcquireResult::failed(Status::never, Reason::cost_exceeds_key_capacity, v[d],
+                                     static_cast<std::uint8_t>(d));
+    }
+    return AcquireResult::acquired();
+  }
+
+  /// Clamps `now` to the latest instant seen, then, in time order, grants
+  /// every waiter due by then and finishes those whose deadline passed.
+  fine_t grant_due(fine_t now) noexcept {
+    if (now < last_now_) now = last_now_;
+    else last_now_ = now;
+    for (;;) {
+      const Pick p = pick();
+      FairWaiter* x = heap_.empty() ? nullptr : heap_.front();
+      if (p.w && p.at <= now && (!x || p.at <= x->deadline)) {
+        grant(*p.w, p.at);
+      } else if (x && x->deadline < now && (!p.w || x->deadline < p.at)) {
+        unqueue(*x);
+        x->outcome = Status::timed_out;
+        x->reason = Reason::wait_grew_past_max_wait;
+        x->place = WaiterPlace::none;
+        finished_.push_back(*x);
+      } else {
+        return now;
+      }
+    }
+  }
+
+  /// Takes `c` at `now` if nobody waits and the shared set and the key have it.
+  AcquireResult try_acquire(fine_t now, const KeyedCosts& c) noexcept {
+    if (!c.key_) [[unlikely]]
+      return check(c);
+    return try_acquire(now, *c.key_, c.costs_);
+  }
+  AcquireResult try_acquire(fine_t now, KeySlot& k, const Costs& c) noexcept {
+    const AcquireResult chk = check(k, c);
+    if (!chk) [[unlikely]]
+      return chk;
+    now = grant_due(now);
+    std::array<fine_t, max_dimensions> iv, kiv;
+    intervals(c, k, iv, kiv);
+    if (grantable_now(now, k, iv, kiv)) {
+      take(now, k, iv, kiv);
+      return AcquireResult::acquired();
+    }
+    double stag;
+    return AcquireResult::not_now(to_ns_ceil(predicted(now, k, iv, kiv, stag) - now));
+  }
+
+  bool take_fast(fine_t now, const KeyedCosts& c) noexcept { return try_acquire(now, c).ok(); }
+
+  /// Takes at once, refuses (when the predicted wait exceeds `max_wait`), or
+  /// queues `w` in its key's queue.
+  Admission admit(fine_t now, FairWaiter& w, fine_t max_wait) noexcept {
+    const AcquireResult chk = check(w.request);
+    if (!chk) [[unlikely]]
+      return {chk};
+    now = grant_due(now);
+    KeySlot& k = *w.request.key_;
+    intervals(w.request.costs_, k, w.iv, w.kiv);
+    if (grantable_now(now, k, w.iv, w.kiv)) {
+      take(now, k, w.iv, w.kiv);
+      return {AcquireResult::acquired()};
+    }
+    const fine_t due = predicted(now, k, w.iv, w.kiv, w.stag);
+    if (due - now > max_wait) return {AcquireResult::not_now(to_ns_ceil(due - now))};
+    if (due > horizon_) return {AcquireResult::failed(Status::invalid, Reason::wait_overflows_clock)};
+    w.deadline = max_wait >= fine_max - now ? fine_max : now + max_wait;
+    enqueue(k, w);
+    grant_due(now);  // a newcomer whose key's head goes first is granted at once
+    return {AcquireResult::acquired(), true, due};
+  }
+
+  /// A pending waiter leaves exactly (it held nothing); a granted one gives
+  /// its cost back to the key and the shared set only when `abandon`.
+  Removal remove(fine_t now, Waiter& base, bool abandon) noexcept {
+    now = grant_due(now);
+    auto& w = static_cast<FairWaiter&>(base);
+    Removal r = Removal::not_queued;
+    if (w.place == WaiterPlace::pending) {
+      unqueue(w);
+      w.place = WaiterPlace::none;
+      r = Removal::removed;
+    } else if (w.place == WaiterPlace::ready) {
+      if (!abandon) return Removal::granted;
+      ready_.remove(w);
+      w.place = WaiterPlace::none;
+      give_back(now, *w.request.key_, w.iv, w.kiv);
+      r = Removal::removed;
+    }
+    if (r == Removal::removed) {
+      floor_ = std::max(floor_, now);
+      grant_due(now);
+    }
+    return r;
+  }
+
+  void take_ready(WaiterList& out) noexcept {
+    for (Waiter* w = ready_.front(); w; w = w->next) w->place = WaiterPlace::none;
+    out.splice_back(ready_);
+    out.splice_back(finished_);
+  }
+
+  fine_t next_wake() const noexcept {
+    if (!ready_.empty() || !finished_.empty()) return last_now_;
+    fine_t want = pick().at;
+    if (!heap_.empty()) want = std::min(want, ceil_ns(heap_.front()->deadline + 1) * fine_per_ns);
+    return want;
+  }
+
+  /// Admits nothing before `until`; waiters keep their places.
+  void pause_until(fine_t now, fine_t until, WaiterList&) noexcept {
+    now = grant_due(now);
+    if (until <= paused_until_) return;
+    paused_until_ = until;
+    floor_ = std::max(floor_, now);
+  }
+
+  /// Per dimension, in the shared set and in the key's capped dimensions:
+  /// refunds `estimate - actual` (never above capacity) or charges
+  /// `actual - estimate` (a debt of at most `max_debt`). False, changing
+  /// nothing, when a debt would pass the clock's range.
+  bool settle(fine_t now, const KeyedCosts& estimate, const KeyedCosts& actual) noexcept {
+    now = grant_due(now);
+    KeySlot* k = estimate.key_;
+    const FairTier* t = k ? &tiers_[k->tier] : nullptr;
+    const Costs& e = estimate.costs_;
+    const Costs& a = actual.costs_;
+    std::array<fine_t, max_dimensions> shared_end{}, key_end{};
+    for (std::size_t d = 0; d < n_; ++d) {
+      shared_end[d] = dims_[d].start;
+      if (k) key_end[d] = ks(*k, d);
+      if (!(a[d] > e[d])) continue;
+      const Dim& x = dims_[d];
+      shared_end[d] = x.step.charged(x.start, now, fine_interval(a[d] - e[d], x.step.limit.rate));
+      if (t && t->capped[d])
+        key_end[d] = t->cap[d].charged(ks(*k, d), now, fine_interval(a[d] - e[d], t->cap[d].limit.rate));
+      if (shared_end[d] > horizon_ || key_end[d] > horizon_) return false;
+    }
+    for (std::size_t d = 0; d < n_; ++d) {
+      if (a[d] > e[d]) {
+        dims_[d].start = shared_end[d];
+        if (k) ks(*k, d) = key_end[d];
+      } else if (a[d] < e[d]) {
+        const double back = e[d] - a[d];
+        Dim& x = dims_[d];
+        x.start = x.step.given_back(x.start, now, fine_interval(std::min(back, x.step.limit.capacity), x.step.limit.rate));
+        if (t && t->capped[d]) {
+          const BucketStep& s = t->cap[d];
+          ks(*k, d) = s.given_back(ks(*k, d), now, fine_interval(std::min(back, s.limit.capacity), s.limit.rate));
+        }
+      }
+    }
+    floor_ = std::max(floor_, now);
+    grant_due(now);
+    return true;
+  }
+
+  void set_max_debt(std::size_t d, double tokens) noexcept { dims_[d].step.set_max_debt(tokens); }
+  double max_debt(std::size_t d) const noexcept { return dims_[d].step.max_debt_tokens(); }
+
+  /// Lowers shared dimension d's unreserved tokens to at most `remaining`.
+  void limit_remaining(fine_t now, std::size_t d, double remaining) noexcept {
+    now = grant_due(now);
+    Dim& x = dims_[d];
+    x.start = x.step.lowered(x.start, now, remaining);
+    floor_ = std::max(floor_, now);
+  }
+
+  /// Unreserved tokens of shared dimension d (0 while paused or while waiters are queued).
+  double available(fine_t now, std::size_t d) noexcept {
+    now = grant_due(now);
+    if (now < paused_until_ || pending_ != 0) return 0;
+    return dims_[d].step.tokens(dims_[d].start, now);
+  }
+
+  /// Changes shared dimension d's limit (tokens settled first, never
+  /// created); a waiter whose cost in d now exceeds the capacity finishes `never`.
+  void reconfigure(fine_t now, std::size_t d, const Limit& limit, WaiterList& finished) noexcept {
+    now = grant_due(now);
+    Dim& x = dims_[d];
+    x.start = x.step.reconfigure(x.start, now, limit);
+    floor_ = std::max(floor_, now);
+    for (std::size_t i = active_.size(); i-- > 0;) {
+      for (Waiter* p = active_[i].q.front(); p;) {
+        auto& w = static_cast<FairWaiter&>(*p);
+        p = p->next;
+        Active& a = active_[w.request.key_->active];
+        if (w.request.costs_[d] > limit.capacity) {
+          unqueue(w);
+          w.place = WaiterPlace::none;
+          w.outcome = Status::never;
+          w.reason = Reason::cost_exceeds_new_capacity;
+          w.dimension = static_cast<std::uint8_t>(d);
+          w.cost = w.request.costs_[d];
+          finished.push_back(w);
+          continue;  // if its key's queue emptied, p is null and record i (done) moved
+        }
+        a.stotal[d] -= w.iv[d];
+        w.iv[d] = x.step.interval(w.request.costs_[d]);
+        a.stotal[d] += w.iv[d];
+      }
+    }
+    grant_due(now);
+  }
+
+  bool idle() const noexcept { return pending_ == 0 && ready_.empty() && finished_.empty(); }
+  std::size_t waiters() const noexcept { return pending_; }
+
+  /// Teardown: pending waiters finish `cancelled`, granted ones keep `acquired`.
+  void cancel_all(WaiterList& out) noexcept {
+    while (!active_.empty()) {
+      auto& w = static_cast<FairWaiter&>(*active_.back().q.front());
+      unqueue(w);  // pops the record with its last waiter
+      w.outcome = Status::cancelled;
+      w.reason = Reason::bucket_destroyed;
+      w.place = WaiterPlace::none;
+      out.push_back(w);
+    }
+    for (Waiter* w = ready_.front(); w; w = w->next) w->place = WaiterPlace::none;
+    out.splice_back(ready_);
+    out.splice_back(finished_);
+  }
+
+ private:
+  struct Dim {
+    BucketStep step;
+    fine_t start = 0;
+  };
+  // The queue of a key with waiters, and its waiters' total refill times.
+  struct Active {
+    KeySlot* key = nullptr;
+    WaiterList q;
+    std::array<fine_t, max_dimensions> stotal{};  // shared dimensions
+    std::array<fine_t, max_dimensions> ktotal{};  // the key's capped ones
+  };
+  struct Pick {
+    FairWaiter* w = nullptr;
+    fine_t at = fine_max;
+  };
+
+  fine_t& ks(const KeySlot& k, std::size_t d) noexcept { return kstart_[k.id * n_ + d]; }
+  fine_t ks(const KeySlot& k, std::size_t d) const noexcept { return kstart_[k.id * n_ + d]; }
+
+  void intervals(const Costs& c, const KeySlot& k, std::array<fine_t, max_dimensions>& iv,
+                 std::array<fine_t, max_dimensions>& kiv) noexcept {
+    FairTier& t = tiers_[k.tier];
+    for (std::size_t d = 0; d < n_; ++d) {
+      iv[d] = dims_[d].step.interval(c[d]);
+      kiv[d] = t.capped[d] ? t.cap[d].interval(c[d]) : 0;
+    }
+  }
+
+  // Nobody waits, nothing is paused, and the shared set and the key have the
+  // cost now (within the rounding allowance of the costs `intervals` cached).
+  bool grantable_now(fine_t now, const KeySlot& k, const std::array<fine_t, max_dimensions>& iv,
+                     const std::array<fine_t, max_dimensions>& kiv) const noexcept {
+    if (pending_ != 0 || now < paused_until_ || now < floor_) return false;
+    const FairTier& t = tiers_[k.tier];
+    for (std::size_t d = 0; d < n_; ++d) {
+      if (!dims_[d].step.admits(dims_[d].step.end_of(dims_[d].start, now, iv[d]), now)) return false;
+      if (t.capped[d] && !t.cap[d].admits(t.cap[d].end_of(ks(k, d), now, kiv[d]), now)) return false;
+    }
+    return true;
+  }
+
+  // Pays for a grant at `g` in the shared set and in the key.
+  void take(fine_t g, KeySlot& k, const std::array<fine_t, max_dimensions>& iv,
+            const std::array<fine_t, max_dimensions>& kiv) noexcept {
+    const FairTier& t = tiers_[k.tier];
+    for (std::size_t d = 0; d < n_; ++d) {
+      dims_[d].start = dims_[d].step.end_of(dims_[d].start, g, iv[d]);
+      if (t.capped[d]) ks(k, d) = t.cap[d].end_of(ks(k, d), g, kiv[d]);
+    }
+    floor_ = g;
+  }
+
+  void give_back(fine_t now, KeySlot& k, const std::array<fine_t, max_dimensions>& iv,
+                 const std::array<fine_t, max_dimensions>& kiv) noexcept {
+    const FairTier& t = tiers_[k.tier];
+    for (std::size_t d = 0; d < n_; ++d) {
+      dims_[d].start = dims_[d].step.given_back(dims_[d].start, now, iv[d]);
+      if (t.capped[d]) ks(k, d) = t.cap[d].given_back(ks(k, d), now, kiv[d]);
+    }
+  }
+
+  // When the key's own limits allow its head `h`, and when the shared set does.
+  fine_t key_ready(const KeySlot& k, const FairWaiter& h) const noexcept {
+    const FairTier& t = tiers_[k.tier];
+    fine_t r = -fine_max;
+    for (std::size_t d = 0; d < n_; ++d)
+      if (t.capped[d]) r = std::max(r, ks(k, d) + h.kiv[d]);
+    return r;
+  }
+  fine_t shared_ready(const FairWaiter& h) const noexcept {
+    fine_t r = std::max(floor_, paused_until_);
+    for (std::size_t d = 0; d < n_; ++d) r = std::max(r, dims_[d].start + h.iv[d]);
+    return r;
+  }
+
+  bool before(const FairWaiter& a, const FairWaiter& b) const noexcept {
+    if (fair_ && a.stag != b.stag) return a.stag < b.stag;
+    return a.seq < b.seq;
+  }
+
+  // The next grant: the first head (in tag order) whose own key would not
+  // delay it past the shared set's instant; else the head that can go first.
+  Pick pick() const noexcept {
+    Pick eligible, any;
+    for (const Active& a : active_) {
+      const auto& h = static_cast<const FairWaiter&>(*a.q.front());
+      const fine_t kr = key_ready(*a.key, h);
+      const fine_t sr = shared_ready(h);
+      const fine_t g = ceil_ns(std::max(kr, sr)) * fine_per_ns;
+      auto* hp = const_cast<FairWaiter*>(&h);
+      if (kr <= sr && (!eligible.w || before(h, *eligible.w))) eligible = {hp, g};
+      if (!any.w || g < any.at || (g == any.at && before(h, *any.w))) any = {hp, g};
+    }
+    return eligible.w ? eligible : any;
+  }
+
+  // A waiter is granted at `g`: pays, leaves its key's queue for `ready_`.
+  void grant(FairWaiter& w, fine_t g) noexcept {
+    take(g, *w.request.key_, w.iv, w.kiv);
+    if (w.stag > vtime_) vtime_ = w.stag;
+    unqueue(w);
+    w.place = WaiterPlace::ready;
+    w.outcome = Status::acquired;
+    ready_.push_back(w);
+  }
+
+  // The instant a newcomer (refill times iv, kiv) of key `k` would be granted
+  // if nothing else arrived, counting ahead of it the waiters with a smaller
+  // tag of every key whose head waits on the shared set (a key waiting on its
+  // own limits is passed over, so its waiters are not counted); sets its tag.
+  fine_t predicted(fine_t now, const KeySlot& k, const std::array<fine_t, max_dimensions>& iv,
+                   const std::array<fine_t, max_dimensions>& kiv, double& stag) const noexcept {
+    stag = fair_ ? std::max(vtime_, k.finish) : 0;
+    std::array<fine_t, max_dimensions> ahead{};
+    for (const Active& a : active_) {
+      const auto& h = static_cast<const FairWaiter&>(*a.q.front());
+      if (key_ready(*a.key, h) > shared_ready(h) && a.key != &k) continue;
+      const auto& tail = static_cast<const FairWaiter&>(*a.q.back());
+      if (!fair_ || tail.stag <= stag) {
+        for (std::size_t d = 0; d < n_; ++d) ahead[d] += a.stotal[d];
+        continue;
+      }
+      for (const Waiter* p = a.q.front(); p; p = p->next) {
+        const auto& x = static_cast<const FairWaiter&>(*p);
+        if (x.stag > stag) break;
+        for (std::size_t d = 0; d < n_; ++d) ahead[d] += x.iv[d];
+      }
+    }
+    fine_t g = std::max({floor_, paused_until_, now});
+    for (std::size_t d = 0; d < n_; ++d) g = std::max(g, dims_[d].step.end_of(dims_[d].start, now, ahead[d] + iv[d]));
+    const FairTier& t = tiers_[k.tier];
+    for (std::size_t d = 0; d < n_; ++d) {
+      if (!t.capped[d]) continue;
+      const fine_t queued = k.active != none ? active_[k.active].ktotal[d] : 0;
+      g = std::max(g, t.cap[d].end_of(ks(k, d), now, queued + kiv[d]));
+    }
+    return ceil_ns(g) * fine_per_ns;
+  }
+
+  void enqueue(KeySlot& k, FairWaiter& w) noexcept {
+    if (k.active == none) {
+      k.active = static_cast<std::uint32_t>(active_.size());
+      active_.push_back(Active{&k, {}, {}, {}});  // capacity reserved by new_slot
+    }
+    Active& a = active_[k.active];
+    w.seq = ++seq_;
+    if (fair_) {
+      fine_t dominant = 0;
+      for (std::size_t d = 0; d < n_; ++d) dominant = std::max(dominant, w.iv[d]);
+      k.finish = w.stag + static_cast<double>(dominant) / (fine_per_ns_d * 1e9) / tiers_[k.tier].weight;
+      max_finish_ = std::max(max_finish_, k.finish);
+    }
+    a.q.push_back(w);
+    for (std::size_t d = 0; d < n_; ++d) {
+      a.stotal[d] += w.iv[d];
+      a.ktotal[d] += w.kiv[d];
+    }
+    w.place = WaiterPlace::pending;
+    ++pending_;
+    if (w.deadline != fine_max) heap_push(w);
+  }
+
+  // Takes a pending waiter out of its key's queue and the deadline heap.
+  void unqueue(FairWaiter& w) noexcept {
+    KeySlot& k = *w.request.key_;
+    Active& a = active_[k.active];
+    if (fair_ && a.q.back() == &w) k.finish = w.stag;  // the key's latest tag goes back with it
+    a.q.remove(w);
+    for (std::size_t d = 0; d < n_; ++d) {
+      a.stotal[d] -= w.iv[d];
+      a.ktotal[d] -= w.kiv[d];
+    }
+    if (w.heap_pos != ~std::size_t{0}) heap_erase(w);
+    --pending_;
+    if (a.q.empty()) {
+      const std::uint32_t i = k.active;
+      if (i + 1 != active_.size()) {
+        active_[i] = active_.back();
+        active_[i].key->active = i;
+      }
+      active_.pop_back();
+      k.active = none;
+    }
+    if (pending_ == 0 && max_finish_ > vtime_) vtime_ = max_finish_;  // idle: past service is forgiven
+  }
+
+  // ---- the deadline heap (min-heap on `deadline`, positions in the nodes) ----
+  void heap_push(FairWaiter& w) noexcept {
+    heap_.push_back(&w);  // may allocate; running out of memory here terminates
+    heap_up(heap_.size() - 1);
+  }
+  void heap_erase(FairWaiter& w) noexcept {
+    const std::size_t i = w.heap_pos;
+    w.heap_pos = ~std::size_t{0};
+    FairWaiter* last = heap_.back();
+    heap_.pop_back();
+    if (last == &w) return;
+    heap_[i] = last;
+    last->heap_pos = i;
+    heap_up(i);
+    heap_down(last->heap_pos);
+  }
+  void heap_up(std::size_t i) noexcept {
+    FairWaiter* x = heap_[i];
+    while (i > 0) {
+      const std::size_t parent = (i - 1) / 2;
+      if (!(x->deadline < heap_[parent]->deadline)) break;
+      heap_[i] = heap_[parent];
+      heap_[i]->heap_pos = i;
+      i = parent;
+    }
+    heap_[i] = x;
+    x->heap_pos = i;
+  }
+  void heap_down(std::size_t i) noexcept {
+    FairWaiter* x = heap_[i];
+    for (;;) {
+      std::size_t c = 2 * i + 1;
+      if (c >= heap_.size()) break;
+      if (c + 1 < heap_.size() && heap_[c + 1]->deadline < heap_[c]->deadline) ++c;
+      if (!(heap_[c]->deadline < x->deadline)) break;
+      heap_[i] = heap_[c];
+      heap_[i]->heap_pos = i;
+      i = c;
+    }
+    heap_[i] = x;
+    x->heap_pos = i;
+  }
+
+  std::array<Dim, max_dimensions> dims_{};
+  std::size_t n_;
+  bool fair_;
+  std::vector<FairTier> tiers_;
+  std::deque<KeySlot> slots_;
+  std::vector<fine_t> kstart_;  // slot id * n + d: a key's paid-up-to instants
+  std::vector<std::uint32_t> free_;
+  std::vector<Active> active_;  // keys with waiters
+  std::vector<FairWaiter*> heap_;
+  WaiterList ready_;
+  WaiterList finished_;
+  std::size_t pending_ = 0;
+  std::uint64_t seq_ = 0;
+  double vtime_ = 0;       // virtual time: the start tag of the latest grant
+  double max_finish_ = 0;  // the largest finish tag given
+  fine_t last_now_ = 0;
+  fine_t paused_until_ = -fine_max;
+  fine_t floor_ = -fine_max;
+  fine_t horizon_ = fine_from_ns(std::int64_t{1} << 62);
+};
+
+}  // namespace tollgate::detail
