@@ -41,69 +41,17 @@
 #include <tollgate/upstream_feedback.hpp>
 #include <tollgate/upstream_headers.hpp>
 
+#include "sim_support.hpp"
+#include "llm_sim_tiered.hpp"
+
 namespace {
 
 using namespace std::chrono_literals;
+using namespace sim;
 using tollgate::Costs;
 using tollgate::Limit;
 using tollgate::testing::ManualClock;
 using tollgate::testing::ManualScheduler;
-using Seconds = std::chrono::duration<double>;
-
-// ---- Event loop: the manual clock plus timed coroutine resumptions --------
-
-class Sim {
- public:
-  ManualClock clock;
-  ManualScheduler sched{clock};
-
-  double now() const { return Seconds(clock.now().time_since_epoch()).count(); }
-
-  void at(double t, std::coroutine_handle<> h) { events_.push({t, seq_++, h}); }
-
-  struct Sleep {
-    Sim& sim;
-    double until;
-    bool await_ready() const noexcept { return until <= sim.now(); }
-    void await_suspend(std::coroutine_handle<> h) { sim.at(until, h); }
-    void await_resume() const noexcept {}
-  };
-  Sleep sleep_until(double t) { return {*this, t}; }
-  Sleep sleep_for(double d) { return {*this, now() + d}; }
-
-  // Runs every event, advancing the manual clock (which fires the buckets'
-  // timers at their instants) to each event's time.
-  void run() {
-    while (!events_.empty()) {
-      Event e = events_.top();
-      events_.pop();
-      const auto target = ManualClock::time_point(std::chrono::nanoseconds(std::llround(e.t * 1e9)));
-      if (target > clock.now()) clock.advance_to(target);
-      e.h.resume();
-    }
-  }
-
- private:
-  struct Event {
-    double t;
-    std::uint64_t seq;
-    std::coroutine_handle<> h;
-    bool operator>(const Event& o) const { return t != o.t ? t > o.t : seq > o.seq; }
-  };
-  std::priority_queue<Event, std::vector<Event>, std::greater<>> events_;
-  std::uint64_t seq_ = 0;
-};
-
-// A fire-and-forget coroutine whose frame frees itself at the end.
-struct Detached {
-  struct promise_type {
-    Detached get_return_object() { return {}; }
-    std::suspend_never initial_suspend() noexcept { return {}; }
-    std::suspend_never final_suspend() noexcept { return {}; }
-    void return_void() noexcept {}
-    void unhandled_exception() noexcept { std::terminate(); }
-  };
-};
 
 // ---- The provider ----------------------------------------------------------
 
@@ -374,12 +322,6 @@ class Client {
   std::unique_ptr<Feedback> feedback_;
 };
 
-double percentile(std::vector<double> v, double q) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[static_cast<std::size_t>(std::min<double>(v.size() - 1, std::floor(q * (v.size() - 1) + 0.5)))];
-}
-
 Result simulate(const Scenario& sc, Strategy st, double duration, std::uint64_t seed) {
   constexpr double rpm = 600, tpm = 120'000;  // the documented limits
   const std::vector<Request> load = offered_load(sc, tpm, duration, seed);
@@ -515,6 +457,31 @@ int main(int argc, char** argv) {
       if (check)
         std::fprintf(stderr, "llm_sim: %s / tollgate_adaptive misses its targets: rate_429 %.4f (<= 0.01), utilization %.3f (>= 0.95), jain %.3f (>= 0.99)\n",
                      r.scenario.c_str(), r.rate_429, r.utilization, r.jain);
+    }
+  }
+  // The tiered workload: many keys, three tiers, one provider whose output
+  // tokens bind; tollgate_fair must share it by weight.
+  if (!json)
+    std::printf("\n%-17s %-18s %8s %8s %7s %9s %10s %10s %13s\n", "scenario", "strategy", "requests", "rate_429", "util",
+                "fair_jain", "min_ratio", "heavy", "light_p99_ms");
+  for (tollgate::Sharing sharing : {tollgate::Sharing::fifo, tollgate::Sharing::weighted_fair}) {
+    const TieredResult t = simulate_tiered(sharing, duration, seed);
+    if (json)
+      std::printf("{\"scenario\":\"tiered\",\"strategy\":\"%s\",\"requests\":%zu,\"upstream_calls\":%llu,"
+                  "\"upstream_429\":%llu,\"shed\":%zu,\"rate_429\":%.5f,\"utilization\":%.4f,\"fair_jain\":%.4f,"
+                  "\"min_fair_ratio\":%.4f,\"heavy_fair_ratio\":%.4f,\"light_min_fair_ratio\":%.4f,\"light_p99_wait_ms\":%.1f}\n",
+                  t.strategy.c_str(), t.requests, static_cast<unsigned long long>(t.upstream_calls),
+                  static_cast<unsigned long long>(t.upstream_429), t.shed, t.rate_429, t.utilization, t.fair_jain,
+                  t.min_fair_ratio, t.heavy_ratio, t.light_min_ratio, t.light_p99_wait_ms);
+    else
+      std::printf("%-17s %-18s %8zu %8.4f %7.3f %9.4f %10.3f %10.3f %13.0f\n", "tiered", t.strategy.c_str(), t.requests,
+                  t.rate_429, t.utilization, t.fair_jain, t.min_fair_ratio, t.heavy_ratio, t.light_p99_wait_ms);
+    if (t.strategy == "tollgate_fair" &&
+        !(t.fair_jain >= 0.99 && t.min_fair_ratio >= 0.9 && t.utilization >= 0.97 && t.rate_429 <= 0.01)) {
+      ok = false;
+      if (check)
+        std::fprintf(stderr, "llm_sim: tiered / tollgate_fair misses its targets: fair_jain %.4f (>= 0.99), min_fair_ratio %.3f (>= 0.9), utilization %.3f (>= 0.97), rate_429 %.4f (<= 0.01)\n",
+                     t.fair_jain, t.min_fair_ratio, t.utilization, t.rate_429);
     }
   }
   if (!svg.empty()) write_svg(svg, results, duration);
