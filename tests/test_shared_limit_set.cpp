@@ -3,9 +3,14 @@
 // conformance of the shared set and of every key in every window.
 
 #include <algorithm>
+#include <atomic>
 #include <map>
+#include <mutex>
+#include <random>
+#include <shared_mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <tollgate/shared_limit_set.hpp>
@@ -347,4 +352,80 @@ TEST_CASE("SharedLimitSet: an idle key with three dimensions costs at most 160 b
   tollgate::SharedLimitSet<std::string, ManualClock> s(
       {{"requests", Limit{1, 1}}, {"input_tokens", Limit{1, 1}}, {"output_tokens", Limit{1, 1}}}, {}, clock);
   CHECK(s.bytes_per_key() <= 160);
+}
+
+TEST_CASE("SharedLimitSet: two threads of keyed waiters, cancellations and try_acquire callers", "[stress]") {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  Shared set(Rig::dims(Limit{5, 1000}), two_tiers(), clock, &sched);
+  constexpr int kPerThread = 3000;
+  std::shared_mutex time_lock;  // time moves only under the exclusive lock
+  std::atomic<int> finishes{0};
+  struct Log {
+    std::vector<Grant> grants;
+    std::vector<tollgate::stop_source> stops;
+    std::vector<Task> tasks;
+  } logs[2];
+  std::mutex grants_mutex;
+  std::vector<Grant> all;
+  auto waiter = [&](std::string key, std::int64_t tokens, tollgate::stop_token stop) -> Task {
+    const Costs c{1, double(tokens)};
+    const AcquireResult r = co_await set.acquire(key, c, std::move(stop));
+    {
+      std::lock_guard l(grants_mutex);
+      all.push_back({key, int(tokens), ns_of(clock.now()), r.status()});
+    }
+    finishes.fetch_add(1);
+  };
+  auto body = [&](int t) {
+    std::mt19937 rng(99 + t);
+    const char* keys[] = {"a1", "a2", "b1", "c1", "c2"};
+    Log& log = logs[t];
+    log.stops.resize(kPerThread);
+    log.tasks.reserve(kPerThread);
+    for (int i = 0; i < kPerThread; ++i) {
+      if (t == 0 && i % 6 == 0) {
+        std::unique_lock lock(time_lock);
+        clock.advance(ns(rng() % 4'000'000));
+      }
+      std::shared_lock lock(time_lock);
+      log.tasks.push_back(waiter(keys[rng() % 5], rng() % 100, log.stops[i].get_token()));
+      if (rng() % 4 == 0) {
+        const std::string key = keys[rng() % 5];
+        const std::int64_t now = ns_of(clock.now());
+        if (set.try_acquire(key, {1, 10})) log.grants.push_back({key, 10, now, Status::acquired});
+      }
+      if (rng() % 5 == 0) log.stops[rng() % (i + 1)].request_stop();
+    }
+  };
+  std::thread other(body, 1);
+  body(0);
+  other.join();
+  clock.advance(std::chrono::hours(1));
+
+  REQUIRE(finishes.load() == 2 * kPerThread);
+  for (const Log& l : logs) all.insert(all.end(), l.grants.begin(), l.grants.end());
+  std::stable_sort(all.begin(), all.end(), [](const Grant& a, const Grant& b) { return a.t_ns < b.t_ns; });
+  std::vector<Admission> requests, tokens;
+  std::map<std::string, std::vector<Admission>> capped;
+  int cancelled = 0;
+  for (const Grant& g : all) {
+    if (g.status != Status::acquired) {
+      CHECK(g.status == Status::cancelled);
+      ++cancelled;
+      continue;
+    }
+    requests.push_back({g.t_ns, 1});
+    tokens.push_back({g.t_ns, g.id});
+    if (g.key[0] == 'c') capped[g.key].push_back({g.t_ns, 1});
+  }
+  CHECK(cancelled > 0);
+  CHECK(check_conformance(requests, 5, 1000) == "");
+  CHECK(check_conformance(tokens, 10'000, 10'000) == "");
+  for (const auto& [key, grants] : capped) CHECK(check_conformance(grants, 1, 2) == "");
+  CHECK(set.waiters() == 0);
+  CHECK(set.available(0) == 5);
+  for (Log& l : logs) l.tasks.clear();
+  set.sweep(100);
+  CHECK(set.keys() == 0);  // everything refilled and nothing holds a key: all evicted
 }

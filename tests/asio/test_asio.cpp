@@ -30,6 +30,7 @@ namespace tga = tollgate::asio;
 #endif
 
 #include <tollgate/limit_set.hpp>
+#include <tollgate/shared_limit_set.hpp>
 #include <tollgate/testing/manual_clock.hpp>
 #include <tollgate/testing/manual_scheduler.hpp>
 #include <tollgate/token_bucket.hpp>
@@ -170,6 +171,35 @@ TEST_CASE("a cancellation slot takes the waiter out exactly: the one behind move
   CHECK(!bucket.try_acquire(0.5));
   rig.advance(std::chrono::seconds(3));
   CHECK(bucket.try_acquire(3.0));
+}
+
+TEST_CASE("SharedLimitSet: async_acquire on keyed costs, in weighted fair order, cancelled exactly") {
+  Rig rig;
+  using Shared = tollgate::SharedLimitSet<std::string, ManualClock>;
+  Shared::Options o;
+  o.tiers = {{"light", 1, {}}, {"heavy", 3, {}}};
+  o.tier_of = [](const std::string& k) -> std::size_t { return k == "b" ? 1 : 0; };
+  Shared set({{"requests", Limit{1, 1}}}, o, rig.clock, &rig.sched);
+  REQUIRE(set.try_acquire("a", {1}));
+  for (int i = 0; i < 3; ++i) tga::async_acquire(set, set.keyed("a", {1}), rig.recorder(i));
+  net::cancellation_signal signal;
+  tga::async_acquire(set, set.keyed("b", {1}), net::bind_cancellation_slot(signal.slot(), rig.recorder(10)));
+  tga::async_acquire(set, set.keyed("b", {1}), rig.recorder(11));
+  tga::async_acquire(set, set.keyed("b", {1}), std::chrono::milliseconds(1500), rig.recorder(12));  // predicted 3 s: refused
+  poll(rig.io);
+  CHECK(rig.done == std::vector<Done>{{12, 0, Status::not_now}});
+  signal.emit(net::cancellation_type::terminal);  // b's first leaves; b's second takes its place
+  poll(rig.io);
+  for (int s = 0; s < 4; ++s) rig.advance(std::chrono::seconds(1));
+  // Start tags (in seconds of service / weight): a's 0, 1, 2; b's 0
+  // (cancelled) and 1/3: after a's first, before a's second.
+  CHECK(rig.done == std::vector<Done>{{12, 0, Status::not_now},
+                                      {10, 0, Status::cancelled},
+                                      {0, 1'000'000'000, Status::acquired},
+                                      {11, 2'000'000'000, Status::acquired},
+                                      {1, 3'000'000'000, Status::acquired},
+                                      {2, 4'000'000'000, Status::acquired}});
+  CHECK(set.waiters() == 0);
 }
 
 TEST_CASE("the || of awaitable operators cancels the loser exactly") {
