@@ -319,6 +319,100 @@ void BM_Registry_ColdKeys(benchmark::State& st) {
 }
 BENCHMARK(BM_Registry_ColdKeys)->Unit(benchmark::kNanosecond);
 
+// ---- Keys sharing one upstream (SharedLimitSet) ----------------------------------
+using Shared = tollgate::SharedLimitSet<>;
+std::vector<tollgate::Dimension> three_wide() {
+  return {{"requests", kWide}, {"input_tokens", kWide}, {"output_tokens", kWide}};
+}
+Shared::Options capped_tier() {  // every key capped in all three dimensions (wide)
+  Shared::Options o;
+  o.tiers = {{"t", 1, three_wide()}};
+  o.max_keys = 4'000'000;
+  return o;
+}
+
+// One key, three dimensions, key caps and the shared set: try_acquire.
+void BM_SharedSet_HotKey(benchmark::State& st) {
+  Shared set(three_wide(), capped_tier());
+  const std::string_view key = "api-key-00000042";
+  const tollgate::Costs c{1, 1200, 300};
+  for (auto _ : st) benchmark::DoNotOptimize(set.try_acquire(key, c));
+}
+BENCHMARK(BM_SharedSet_HotKey);
+
+// co_await acquire(key, costs) that need not wait: the key's state is found
+// and held, then the key and the shared set are taken at one instant.
+void BM_FairShare_Acquire(benchmark::State& st) {
+  Shared set(three_wide(), capped_tier());
+  long allocs = 0;
+  auto loop = [](benchmark::State& s, Shared& shared, long& counted) -> Task {
+    const std::string_view key = "api-key-00000042";
+    const tollgate::Costs c{1, 1200, 300};
+    (void)shared.try_acquire(key, c);
+    const long before = g_allocs.load();
+    for (auto _ : s) {
+      auto r = co_await shared.acquire(key, c);
+      benchmark::DoNotOptimize(r);
+    }
+    counted = g_allocs.load() - before;
+  };
+  Task t = loop(st, set, allocs);
+  st.counters["allocs_per_op"] = benchmark::Counter(double(allocs) / double(st.iterations()));
+}
+BENCHMARK(BM_FairShare_Acquire);
+
+// A saturated shared set with `keys` keys waiting, one waiter each; every
+// grant re-queues its key: the cost of one fair grant (pick is O(keys waiting)).
+void BM_FairShare_SaturatedGrant(benchmark::State& st) {
+  const auto keys = static_cast<std::size_t>(st.range(0));
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  using Set = tollgate::SharedLimitSet<std::string, ManualClock, NullMutex>;
+  Set set({{"requests", Limit{1, 1e6}}}, {}, clock, &sched);
+  (void)set.try_acquire(std::string("warm"), {1});
+  std::vector<Task> tasks;
+  bool stop = false;
+  long grants = 0;
+  auto client = [](Set& shared, std::string key, bool& halt, long& count) -> Task {
+    const tollgate::Costs one{1};
+    while (!halt) {
+      auto r = co_await shared.acquire(key, one);
+      benchmark::DoNotOptimize(r);
+      ++count;
+    }
+  };
+  for (std::size_t k = 0; k < keys; ++k) tasks.push_back(client(set, "key-" + std::to_string(k), stop, grants));
+  for (auto _ : st) clock.advance(std::chrono::microseconds(1));  // one grant per microsecond
+  stop = true;
+  clock.advance(std::chrono::seconds(1));
+  st.counters["grants_per_iter"] = benchmark::Counter(double(grants) / double(st.iterations()));
+}
+BENCHMARK(BM_FairShare_SaturatedGrant)->Arg(10)->Arg(100)->Arg(1000);
+
+// Bytes per idle key with three capped dimensions, measured as live heap
+// bytes (malloc's real chunk sizes) over 10^6 keys, and random hits.
+void BM_SharedSet_ColdKeys(benchmark::State& st) {
+  constexpr std::size_t kKeys = 1'000'000;
+  static const std::vector<std::string> keys = make_keys(kKeys);
+  Shared::Options o = capped_tier();
+  o.tiers[0].limits = {{"requests", Limit{10, 1}}, {"input_tokens", Limit{1e6, 1e4}}, {"output_tokens", Limit{1e5, 1e3}}};
+  Shared set({{"requests", kWide}, {"input_tokens", kWide}, {"output_tokens", kWide}}, o);
+  const long bytes_before = g_bytes.load();
+  const tollgate::Costs c{1, 1, 1};
+  for (const auto& k : keys) (void)set.try_acquire(std::string_view(k), c);  // all keys held (not full)
+  const double bytes_per_key = double(g_bytes.load() - bytes_before) / double(kKeys);
+  std::size_t i = 0;
+  for (auto _ : st) {
+    benchmark::DoNotOptimize(set.try_acquire(std::string_view(keys[i]), c));
+    i = (i + 7919) % kKeys;
+  }
+  // The key's own bytes: a 16-character std::string, stored inline (no heap).
+  st.counters["bytes_per_key"] = bytes_per_key - double(sizeof(std::string));
+  st.counters["bytes_per_key_declared"] = double(set.bytes_per_key());
+  st.counters["keys"] = double(set.keys());
+}
+BENCHMARK(BM_SharedSet_ColdKeys)->Unit(benchmark::kNanosecond);
+
 // ---- A million waiters ------------------------------------------------------------
 void BM_Waiters_1M(benchmark::State& st) {
   constexpr int kWaiters = 1'000'000;

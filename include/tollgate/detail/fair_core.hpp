@@ -28,8 +28,13 @@
 // earliest (work-conserving: the shared set never idles while some waiter
 // could take it). With `fair == false` the order is arrival (FIFO).
 //
-// Costs: a grant or a newcomer's prediction is O(keys with waiters); nothing
-// is per request beyond its own queue node.
+// Costs: keys with waiters sit in two heaps: those whose head waits on the
+// shared set (by tag) and those whose head waits on its own limits (by the
+// instant they allow it), so a grant is O(log keys waiting). A newcomer's
+// prediction is O(1) when its tag is the largest, else O(keys whose head
+// tag is below its own + their waiters below it). Nothing is allocated per
+// request but the queue node itself (the heaps and key records grow
+// geometrically; running out of memory while queueing terminates).
 
 #include <algorithm>
 #include <array>
@@ -46,6 +51,7 @@
 #include "../result.hpp"
 #include "bucket_step.hpp"
 #include "fine_time.hpp"
+#include "pos_heap.hpp"
 #include "set_core.hpp"
 #include "waiter.hpp"
 
@@ -65,7 +71,7 @@ struct FairWaiter : Waiter {
   std::array<fine_t, max_dimensions> kiv{};  // ... and in its key's capped ones
   double stag = 0;                           // virtual start tag
   std::uint64_t seq = 0;                     // arrival order
-  std::size_t heap_pos = ~std::size_t{0};    // in the deadline heap, if it has a deadline
+  std::size_t heap_pos = not_in_heap;        // in the deadline heap, if it has a deadline
 };
 
 class FairCore {
@@ -81,7 +87,7 @@ class FairCore {
 
   /// Limits and tiers must be valid (the public class checks them).
   FairCore(std::span<const Limit> shared, std::vector<FairTier> tiers, bool fair)
-      : n_(shared.size()), fair_(fair), tiers_(std::move(tiers)) {
+      : n_(shared.size()), fair_(fair), tiers_(std::move(tiers)), open_(ByTag{fair}) {
     for (std::size_t d = 0; d < n_; ++d) {
       dims_[d].step.apply(shared[d]);
       dims_[d].start = -dims_[d].step.tau;
@@ -106,8 +112,6 @@ class FairCore {
       id = static_cast<std::uint32_t>(slots_.size());
       kstart_.resize(kstart_.size() + n_);
       slots_.emplace_back().id = id;
-      // Every key may come to have waiters: the active list never reallocates under admit.
-      if (active_.capacity() < slots_.size()) active_.reserve(std::max(slots_.size(), 2 * active_.capacity()));
     }
     KeySlot& k = slots_[id];
     k.tier = tier;
@@ -178,7 +182,7 @@ class FairCore {
     else last_now_ = now;
     for (;;) {
       const Pick p = pick();
-      FairWaiter* x = heap_.empty() ? nullptr : heap_.front();
+      FairWaiter* x = deadlines_.empty() ? nullptr : deadlines_.top();
       if (p.w && p.at <= now && (!x || p.at <= x->deadline)) {
         grant(*p.w, p.at);
       } else if (x && x->deadline < now && (!p.w || x->deadline < p.at)) {
@@ -253,6 +257,7 @@ class FairCore {
       ready_.remove(w);
       w.place = WaiterPlace::none;
       give_back(now, *w.request.key_, w.iv, w.kiv);
+      key_changed(*w.request.key_);
       r = Removal::removed;
     }
     if (r == Removal::removed) {
@@ -268,10 +273,10 @@ class FairCore {
     out.splice_back(finished_);
   }
 
-  fine_t next_wake() const noexcept {
+  fine_t next_wake() noexcept {
     if (!ready_.empty() || !finished_.empty()) return last_now_;
     fine_t want = pick().at;
-    if (!heap_.empty()) want = std::min(want, ceil_ns(heap_.front()->deadline + 1) * fine_per_ns);
+    if (!deadlines_.empty()) want = std::min(want, ceil_ns(deadlines_.top()->deadline + 1) * fine_per_ns);
     return want;
   }
 
@@ -318,6 +323,7 @@ class FairCore {
         }
       }
     }
+    if (k) key_changed(*k);
     floor_ = std::max(floor_, now);
     grant_due(now);
     return true;
@@ -348,11 +354,10 @@ class FairCore {
     Dim& x = dims_[d];
     x.start = x.step.reconfigure(x.start, now, limit);
     floor_ = std::max(floor_, now);
-    for (std::size_t i = active_.size(); i-- > 0;) {
-      for (Waiter* p = active_[i].q.front(); p;) {
+    for (Active& a : records_) {
+      for (Waiter* p = a.key ? a.q.front() : nullptr; p;) {
         auto& w = static_cast<FairWaiter&>(*p);
-        p = p->next;
-        Active& a = active_[w.request.key_->active];
+        p = p->next;  // before unqueue: the record may be freed with its last waiter
         if (w.request.costs_[d] > limit.capacity) {
           unqueue(w);
           w.place = WaiterPlace::none;
@@ -361,11 +366,13 @@ class FairCore {
           w.dimension = static_cast<std::uint8_t>(d);
           w.cost = w.request.costs_[d];
           finished.push_back(w);
-          continue;  // if its key's queue emptied, p is null and record i (done) moved
+          continue;
         }
         a.stotal[d] -= w.iv[d];
+        if (!a.blocked) open_total_[d] -= w.iv[d];
         w.iv[d] = x.step.interval(w.request.costs_[d]);
         a.stotal[d] += w.iv[d];
+        if (!a.blocked) open_total_[d] += w.iv[d];
       }
     }
     grant_due(now);
@@ -376,9 +383,10 @@ class FairCore {
 
   /// Teardown: pending waiters finish `cancelled`, granted ones keep `acquired`.
   void cancel_all(WaiterList& out) noexcept {
-    while (!active_.empty()) {
-      auto& w = static_cast<FairWaiter&>(*active_.back().q.front());
-      unqueue(w);  // pops the record with its last waiter
+    while (!open_.empty() || !blocked_.empty()) {
+      Active& a = open_.empty() ? *blocked_.top() : *open_.top();
+      auto& w = head(a);
+      unqueue(w);
       w.outcome = Status::cancelled;
       w.reason = Reason::bucket_destroyed;
       w.place = WaiterPlace::none;
@@ -396,10 +404,29 @@ class FairCore {
   };
   // The queue of a key with waiters, and its waiters' total refill times.
   struct Active {
-    KeySlot* key = nullptr;
+    KeySlot* key = nullptr;  // null: a free record (`next_free` links them)
     WaiterList q;
     std::array<fine_t, max_dimensions> stotal{};  // shared dimensions
     std::array<fine_t, max_dimensions> ktotal{};  // the key's capped ones
+    fine_t kr = -fine_max;                        // when the key's own limits allow its head
+    std::size_t heap_pos = not_in_heap;
+    bool blocked = false;  // in `blocked_` (waiting on its own limits), else in `open_`
+    std::uint32_t next_free = none;
+  };
+  static FairWaiter& head(const Active& a) noexcept { return static_cast<FairWaiter&>(*a.q.front()); }
+  static bool before(const FairWaiter& a, const FairWaiter& b, bool fair) noexcept {
+    if (fair && a.stag != b.stag) return a.stag < b.stag;
+    return a.seq < b.seq;
+  }
+  struct ByTag {
+    bool fair;
+    bool operator()(const Active& a, const Active& b) const noexcept { return before(head(a), head(b), fair); }
+  };
+  struct ByKeyReady {
+    bool operator()(const Active& a, const Active& b) const noexcept { return a.kr < b.kr; }
+  };
+  struct ByDeadline {
+    bool operator()(const FairWaiter& a, const FairWaiter& b) const noexcept { return a.deadline < b.deadline; }
   };
   struct Pick {
     FairWaiter* w = nullptr;
@@ -465,25 +492,64 @@ class FairCore {
     return r;
   }
 
-  bool before(const FairWaiter& a, const FairWaiter& b) const noexcept {
-    if (fair_ && a.stag != b.stag) return a.stag < b.stag;
-    return a.seq < b.seq;
+  static fine_t grid(fine_t t) noexcept { return ceil_ns(t) * fine_per_ns; }
+
+  // The next grant: the head with the smallest tag among the keys whose own
+  // limits would not delay it past the instant the shared set would serve
+  // it (or serve the best candidate so far); when every key waits on its own
+  // limits, the one they release first. A key whose own limits are the later
+  // constraint moves to `blocked_` until the grants reach its instant; so a
+  // grant moves each key at most twice: O(log keys waiting).
+  Pick pick() noexcept {
+    fine_t threshold = std::max(floor_, paused_until_);
+    for (;;) {
+      if (open_.empty()) {
+        if (blocked_.empty()) return {};
+        Active& b = *blocked_.top();
+        if (b.kr <= threshold) {
+          unblock(b);
+          continue;
+        }
+        return {&head(b), grid(std::max(b.kr, shared_ready(head(b))))};
+      }
+      Active& a = *open_.top();
+      const fine_t sr = shared_ready(head(a));
+      if (a.kr > std::max(sr, threshold)) {
+        block(a);
+        continue;
+      }
+      threshold = std::max(threshold, sr);
+      if (!blocked_.empty() && blocked_.top()->kr <= threshold) {  // may have a smaller tag
+        unblock(*blocked_.top());
+        continue;
+      }
+      return {&head(a), grid(std::max(a.kr, sr))};
+    }
   }
 
-  // The next grant: the first head (in tag order) whose own key would not
-  // delay it past the shared set's instant; else the head that can go first.
-  Pick pick() const noexcept {
-    Pick eligible, any;
-    for (const Active& a : active_) {
-      const auto& h = static_cast<const FairWaiter&>(*a.q.front());
-      const fine_t kr = key_ready(*a.key, h);
-      const fine_t sr = shared_ready(h);
-      const fine_t g = ceil_ns(std::max(kr, sr)) * fine_per_ns;
-      auto* hp = const_cast<FairWaiter*>(&h);
-      if (kr <= sr && (!eligible.w || before(h, *eligible.w))) eligible = {hp, g};
-      if (!any.w || g < any.at || (g == any.at && before(h, *any.w))) any = {hp, g};
-    }
-    return eligible.w ? eligible : any;
+  void block(Active& a) noexcept {
+    open_.erase(a);
+    for (std::size_t d = 0; d < n_; ++d) open_total_[d] -= a.stotal[d];
+    a.blocked = true;
+    blocked_.push(a);
+  }
+  void unblock(Active& a) noexcept {
+    blocked_.erase(a);
+    a.blocked = false;
+    open(a);
+  }
+  void open(Active& a) noexcept {
+    open_.push(a);
+    for (std::size_t d = 0; d < n_; ++d) open_total_[d] += a.stotal[d];
+  }
+  // The key's head or its own state changed: its release instant and its place.
+  void refresh(Active& a) noexcept {
+    a.kr = key_ready(*a.key, head(a));
+    if (a.blocked) blocked_.fix(a);
+    else open_.fix(a);
+  }
+  void key_changed(KeySlot& k) noexcept {
+    if (k.active != none) refresh(records_[k.active]);
   }
 
   // A waiter is granted at `g`: pays, leaves its key's queue for `ready_`.
@@ -504,119 +570,114 @@ class FairCore {
                    const std::array<fine_t, max_dimensions>& kiv, double& stag) const noexcept {
     stag = fair_ ? std::max(vtime_, k.finish) : 0;
     std::array<fine_t, max_dimensions> ahead{};
-    for (const Active& a : active_) {
-      const auto& h = static_cast<const FairWaiter&>(*a.q.front());
-      if (key_ready(*a.key, h) > shared_ready(h) && a.key != &k) continue;
-      const auto& tail = static_cast<const FairWaiter&>(*a.q.back());
-      if (!fair_ || tail.stag <= stag) {
-        for (std::size_t d = 0; d < n_; ++d) ahead[d] += a.stotal[d];
-        continue;
-      }
-      for (const Waiter* p = a.q.front(); p; p = p->next) {
-        const auto& x = static_cast<const FairWaiter&>(*p);
-        if (x.stag > stag) break;
-        for (std::size_t d = 0; d < n_; ++d) ahead[d] += x.iv[d];
-      }
-    }
+    if (!fair_ || stag >= max_stag_) ahead = open_total_;
+    else add_ahead(0, stag, ahead);
+    if (k.active != none && records_[k.active].blocked)  // its own queue is ahead of it anyway
+      for (std::size_t d = 0; d < n_; ++d) ahead[d] += records_[k.active].stotal[d];
     fine_t g = std::max({floor_, paused_until_, now});
     for (std::size_t d = 0; d < n_; ++d) g = std::max(g, dims_[d].step.end_of(dims_[d].start, now, ahead[d] + iv[d]));
     const FairTier& t = tiers_[k.tier];
     for (std::size_t d = 0; d < n_; ++d) {
       if (!t.capped[d]) continue;
-      const fine_t queued = k.active != none ? active_[k.active].ktotal[d] : 0;
+      const fine_t queued = k.active != none ? records_[k.active].ktotal[d] : 0;
       g = std::max(g, t.cap[d].end_of(ks(k, d), now, queued + kiv[d]));
     }
     return ceil_ns(g) * fine_per_ns;
   }
 
-  void enqueue(KeySlot& k, FairWaiter& w) noexcept {
-    if (k.active == none) {
-      k.active = static_cast<std::uint32_t>(active_.size());
-      active_.push_back(Active{&k, {}, {}, {}});  // capacity reserved by new_slot
+  // Adds the refill times of the waiters tagged at most `stag` of the open
+  // keys in the subtree of open_[i] (a heap: a head above `stag` prunes it).
+  void add_ahead(std::size_t i, double stag, std::array<fine_t, max_dimensions>& ahead) const noexcept {
+    if (i >= open_.size()) return;
+    const Active& a = *open_[i];
+    if (head(a).stag > stag) return;
+    for (const Waiter* p = a.q.front(); p; p = p->next) {
+      const auto& x = static_cast<const FairWaiter&>(*p);
+      if (x.stag > stag) break;
+      for (std::size_t d = 0; d < n_; ++d) ahead[d] += x.iv[d];
     }
-    Active& a = active_[k.active];
+    add_ahead(2 * i + 1, stag, ahead);
+    add_ahead(2 * i + 2, stag, ahead);
+  }
+
+  void enqueue(KeySlot& k, FairWaiter& w) noexcept {
     w.seq = ++seq_;
     if (fair_) {
       fine_t dominant = 0;
       for (std::size_t d = 0; d < n_; ++d) dominant = std::max(dominant, w.iv[d]);
       k.finish = w.stag + static_cast<double>(dominant) / (fine_per_ns_d * 1e9) / tiers_[k.tier].weight;
       max_finish_ = std::max(max_finish_, k.finish);
+      max_stag_ = std::max(max_stag_, w.stag);
     }
+    w.place = WaiterPlace::pending;
+    ++pending_;
+    if (w.deadline != fine_max) deadlines_.push(w);
+    if (k.active == none) {
+      Active& a = new_record(k);
+      a.q.push_back(w);
+      for (std::size_t d = 0; d < n_; ++d) {
+        a.stotal[d] = w.iv[d];
+        a.ktotal[d] = w.kiv[d];
+      }
+      a.kr = key_ready(k, w);
+      a.blocked = false;
+      open(a);
+      return;
+    }
+    Active& a = records_[k.active];
     a.q.push_back(w);
     for (std::size_t d = 0; d < n_; ++d) {
       a.stotal[d] += w.iv[d];
       a.ktotal[d] += w.kiv[d];
+      if (!a.blocked) open_total_[d] += w.iv[d];
     }
-    w.place = WaiterPlace::pending;
-    ++pending_;
-    if (w.deadline != fine_max) heap_push(w);
   }
 
   // Takes a pending waiter out of its key's queue and the deadline heap.
   void unqueue(FairWaiter& w) noexcept {
     KeySlot& k = *w.request.key_;
-    Active& a = active_[k.active];
+    Active& a = records_[k.active];
+    const bool was_head = a.q.front() == &w;
     if (fair_ && a.q.back() == &w) k.finish = w.stag;  // the key's latest tag goes back with it
     a.q.remove(w);
     for (std::size_t d = 0; d < n_; ++d) {
       a.stotal[d] -= w.iv[d];
       a.ktotal[d] -= w.kiv[d];
+      if (!a.blocked) open_total_[d] -= w.iv[d];
     }
-    if (w.heap_pos != ~std::size_t{0}) heap_erase(w);
+    if (w.heap_pos != not_in_heap) deadlines_.erase(w);
     --pending_;
-    if (a.q.empty()) {
-      const std::uint32_t i = k.active;
-      if (i + 1 != active_.size()) {
-        active_[i] = active_.back();
-        active_[i].key->active = i;
-      }
-      active_.pop_back();
-      k.active = none;
+    if (a.q.empty()) free_record(a);
+    else if (was_head) refresh(a);
+    if (pending_ == 0) {  // idle: past service is forgiven
+      if (max_finish_ > vtime_) vtime_ = max_finish_;
+      max_stag_ = -1;
     }
-    if (pending_ == 0 && max_finish_ > vtime_) vtime_ = max_finish_;  // idle: past service is forgiven
   }
 
-  // ---- the deadline heap (min-heap on `deadline`, positions in the nodes) ----
-  void heap_push(FairWaiter& w) noexcept {
-    heap_.push_back(&w);  // may allocate; running out of memory here terminates
-    heap_up(heap_.size() - 1);
-  }
-  void heap_erase(FairWaiter& w) noexcept {
-    const std::size_t i = w.heap_pos;
-    w.heap_pos = ~std::size_t{0};
-    FairWaiter* last = heap_.back();
-    heap_.pop_back();
-    if (last == &w) return;
-    heap_[i] = last;
-    last->heap_pos = i;
-    heap_up(i);
-    heap_down(last->heap_pos);
-  }
-  void heap_up(std::size_t i) noexcept {
-    FairWaiter* x = heap_[i];
-    while (i > 0) {
-      const std::size_t parent = (i - 1) / 2;
-      if (!(x->deadline < heap_[parent]->deadline)) break;
-      heap_[i] = heap_[parent];
-      heap_[i]->heap_pos = i;
-      i = parent;
+  // A key's queue record: allocated when it first has a waiter, recycled
+  // when its last one leaves (records never move: the heaps point at them).
+  Active& new_record(KeySlot& k) noexcept {
+    std::uint32_t i = free_record_;
+    if (i != none) {
+      free_record_ = records_[i].next_free;
+    } else {
+      i = static_cast<std::uint32_t>(records_.size());
+      records_.emplace_back();  // running out of memory here terminates (see the top)
     }
-    heap_[i] = x;
-    x->heap_pos = i;
+    Active& a = records_[i];
+    a.key = &k;
+    k.active = i;
+    return a;
   }
-  void heap_down(std::size_t i) noexcept {
-    FairWaiter* x = heap_[i];
-    for (;;) {
-      std::size_t c = 2 * i + 1;
-      if (c >= heap_.size()) break;
-      if (c + 1 < heap_.size() && heap_[c + 1]->deadline < heap_[c]->deadline) ++c;
-      if (!(heap_[c]->deadline < x->deadline)) break;
-      heap_[i] = heap_[c];
-      heap_[i]->heap_pos = i;
-      i = c;
-    }
-    heap_[i] = x;
-    x->heap_pos = i;
+  void free_record(Active& a) noexcept {
+    if (a.blocked) blocked_.erase(a);
+    else open_.erase(a);  // its totals are already zero
+    const std::uint32_t i = a.key->active;
+    a.key->active = none;
+    a.key = nullptr;
+    a.next_free = free_record_;
+    free_record_ = i;
   }
 
   std::array<Dim, max_dimensions> dims_{};
@@ -626,14 +687,19 @@ class FairCore {
   std::deque<KeySlot> slots_;
   std::vector<fine_t> kstart_;  // slot id * n + d: a key's paid-up-to instants
   std::vector<std::uint32_t> free_;
-  std::vector<Active> active_;  // keys with waiters
-  std::vector<FairWaiter*> heap_;
+  std::deque<Active> records_;  // queue records of keys with waiters (and free ones)
+  std::uint32_t free_record_ = none;
+  PosHeap<Active, ByTag> open_;                   // keys whose head waits on the shared set
+  PosHeap<Active, ByKeyReady> blocked_;           // keys whose head waits on its own limits
+  PosHeap<FairWaiter, ByDeadline> deadlines_;     // waiters with a finite max_wait
+  std::array<fine_t, max_dimensions> open_total_{};  // the open keys' `stotal`, summed
   WaiterList ready_;
   WaiterList finished_;
   std::size_t pending_ = 0;
   std::uint64_t seq_ = 0;
   double vtime_ = 0;       // virtual time: the start tag of the latest grant
   double max_finish_ = 0;  // the largest finish tag given
+  double max_stag_ = -1;   // at least every pending waiter's start tag
   fine_t last_now_ = 0;
   fine_t paused_until_ = -fine_max;
   fine_t floor_ = -fine_max;
