@@ -130,7 +130,7 @@ class SharedLimitSet : public detail::WaitingBucket<detail::FairCore, Clock, Mut
   SharedLimitSet(std::vector<Dimension> upstream, Options options = {}, Clock clock = Clock{},
                  scheduler_type* scheduler = nullptr)
       : SharedLimitSet(detail::DimensionNames(std::move(upstream), "SharedLimitSet::SharedLimitSet"),
-                       std::move(options), std::move(clock), scheduler) {}
+                       std::move(options), std::move(clock), scheduler, true, "SharedLimitSet::SharedLimitSet") {}
 
   /// How many dimensions; `name(i)`, `index(name)`, `limit(i)` describe them.
   std::size_t size() const noexcept { return dims_.size(); }
@@ -155,14 +155,7 @@ class SharedLimitSet : public detail::WaitingBucket<detail::FairCore, Clock, Mut
   /// `invalid` / `rejected`).
   template <class K>
   KeyedCosts keyed(const K& key, const Costs& costs) {
-    if (detail::key_bytes(key) > options_.max_key_bytes) [[unlikely]]
-      return refused(KeyedCosts::Refusal::key_too_long, costs);
-    const std::size_t h = Hash{}(key);
-    const fine_t now = rel(clock_.now());
-    std::lock_guard lock(mutex_);
-    detail::KeySlot* k = find_or_insert(h, key, now);
-    if (!k) return refused(KeyedCosts::Refusal::key_cap, costs);
-    return KeyedCosts(k, costs);
+    return keyed_hashed(Hash{}(key), key, costs);
   }
 
   /// Takes `costs` from the shared set and `key`'s own limits now, if both
@@ -173,15 +166,7 @@ class SharedLimitSet : public detail::WaitingBucket<detail::FairCore, Clock, Mut
   /// once the key exists.
   template <class K>
   AcquireResult try_acquire(const K& key, const Costs& costs) {
-    if (detail::key_bytes(key) > options_.max_key_bytes) [[unlikely]]
-      return too_long(key);
-    const std::size_t h = Hash{}(key);
-    return this->mutate_at(rel(clock_.now()), [&](Core& core, fine_t now, detail::WaiterList&) {
-      detail::KeySlot* k = find_or_insert(h, key, now);
-      if (!k) [[unlikely]]
-        return AcquireResult::failed(Status::rejected, Reason::key_cap_reached);
-      return core.try_acquire(now, *k, costs);
-    });
+    return try_acquire_hashed(Hash{}(key), key, costs);
   }
   AcquireResult try_acquire(const KeyedCosts& c) {
     return this->mutate([&](Core& core, fine_t now, detail::WaiterList&) { return core.try_acquire(now, c); });
@@ -309,23 +294,49 @@ class SharedLimitSet : public detail::WaitingBucket<detail::FairCore, Clock, Mut
     detail::KeySlot* slot;
   };
 
-  SharedLimitSet(detail::DimensionNames dims, Options options, Clock clock, scheduler_type* scheduler)
-      : Base(std::move(clock), scheduler, std::span<const Limit>(dims.limits()), tiers_of(dims, options),
-             options.sharing == Sharing::weighted_fair),
+  template <class K>
+  KeyedCosts keyed_hashed(std::size_t h, const K& key, const Costs& costs) {
+    if (detail::key_bytes(key) > options_.max_key_bytes) [[unlikely]]
+      return refused(KeyedCosts::Refusal::key_too_long, costs);
+    std::lock_guard lock(mutex_);
+    detail::KeySlot* k = find_or_insert(h, key, -detail::fine_max);  // reads the clock only to insert
+    if (!k) return refused(KeyedCosts::Refusal::key_cap, costs);
+    return KeyedCosts(k, costs);
+  }
+
+  template <class K>
+  AcquireResult try_acquire_hashed(std::size_t h, const K& key, const Costs& costs) {
+    if (detail::key_bytes(key) > options_.max_key_bytes) [[unlikely]]
+      return too_long(key);
+    return this->mutate_at(rel(clock_.now()), [&](Core& core, fine_t now, detail::WaiterList&) {
+      detail::KeySlot* k = find_or_insert(h, key, now);
+      if (!k) [[unlikely]]
+        return AcquireResult::failed(Status::rejected, Reason::key_cap_reached);
+      return core.try_acquire(now, *k, costs);
+    });
+  }
+
+  template <class, class, class, class, class>
+  friend class KeyedLimitSets;
+
+  // `has_shared == false`: a shard of KeyedLimitSets (the keys' own limits
+  // only; `dims`' limits are unused). `who` prefixes error messages.
+  SharedLimitSet(detail::DimensionNames dims, Options options, Clock clock, scheduler_type* scheduler,
+                 bool has_shared, const char* who)
+      : Base(std::move(clock), scheduler, std::span<const Limit>(dims.limits()), tiers_of(dims, options, who),
+             options.sharing == Sharing::weighted_fair, has_shared),
         dims_(std::move(dims)),
         options_(std::move(options)) {
-    if (options_.max_keys == 0)
-      throw std::invalid_argument("SharedLimitSet::SharedLimitSet: max_keys must be > 0, got 0");
+    if (options_.max_keys == 0) throw std::invalid_argument(std::string(who) + ": max_keys must be > 0, got 0");
     if (options_.overflow_tier >= options_.tiers.size())
-      throw std::invalid_argument("SharedLimitSet::SharedLimitSet: overflow_tier " +
+      throw std::invalid_argument(std::string(who) + ": overflow_tier " +
                                   std::to_string(options_.overflow_tier) + " out of range (" +
                                   std::to_string(options_.tiers.size()) + " tiers)");
     if (options_.overflow == OverflowPolicy::shared_bucket)
       overflow_ = &core_.new_slot(static_cast<std::uint32_t>(options_.overflow_tier), rel(clock_.now()));
   }
 
-  static std::vector<detail::FairTier> tiers_of(const detail::DimensionNames& dims, const Options& o) {
-    const char* who = "SharedLimitSet::SharedLimitSet";
+  static std::vector<detail::FairTier> tiers_of(const detail::DimensionNames& dims, const Options& o, const char* who) {
     if (o.tiers.empty()) throw std::invalid_argument(std::string(who) + ": no tiers");
     std::vector<detail::FairTier> out;
     for (const KeyTier& t : o.tiers) {
@@ -373,11 +384,12 @@ class SharedLimitSet : public detail::WaitingBucket<detail::FairCore, Clock, Mut
   }
 
   // With the lock held: the key's slot, created if new; null at the cap
-  // (under OverflowPolicy::reject).
+  // (under OverflowPolicy::reject). `now` of -fine_max: read the clock if needed.
   template <class K>
   detail::KeySlot* find_or_insert(std::size_t h, const K& key, fine_t now) {
     if (Entry* e = index_.find(h, key)) [[likely]]
       return e->slot;
+    if (now == -detail::fine_max) now = rel(clock_.now());
     sweep_locked(now, options_.sweep_per_insert);
     if (index_.entries.size() >= options_.max_keys && sweep_locked(now, 16) == 0)
       return overflow_;  // null under OverflowPolicy::reject

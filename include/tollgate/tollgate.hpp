@@ -14,6 +14,7 @@
 #include "output_estimator.hpp" // IWYU pragma: export
 #include "permit.hpp"           // IWYU pragma: export
 #include "keyed_costs.hpp"      // IWYU pragma: export
+#include "keyed_limit_sets.hpp" // IWYU pragma: export
 #include "keys.hpp"             // IWYU pragma: export
 #include "reservation.hpp"      // IWYU pragma: export
 #include "shared_limit_set.hpp" // IWYU pragma: export

@@ -85,9 +85,11 @@ class FairCore {
     SetCore::check_amount(who, what, v.costs(), like ? &like->costs() : nullptr);
   }
 
-  /// Limits and tiers must be valid (the public class checks them).
-  FairCore(std::span<const Limit> shared, std::vector<FairTier> tiers, bool fair)
-      : n_(shared.size()), fair_(fair), tiers_(std::move(tiers)), open_(ByTag{fair}) {
+  /// Limits and tiers must be valid (the public class checks them). Without
+  /// `has_shared`, the dimensions are the keys' own only: `shared` gives
+  /// their number, and nothing is shared between keys.
+  FairCore(std::span<const Limit> shared, std::vector<FairTier> tiers, bool fair, bool has_shared = true)
+      : n_(shared.size()), shared_(has_shared), fair_(fair), tiers_(std::move(tiers)), open_(ByTag{fair}) {
     for (std::size_t d = 0; d < n_; ++d) {
       dims_[d].step.apply(shared[d]);
       dims_[d].start = -dims_[d].step.tau;
@@ -165,7 +167,8 @@ class FairCore {
       return AcquireResult::failed(Status::invalid, Reason::wrong_dimension_count, static_cast<double>(v.size()));
     const FairTier& t = tiers_[k.tier];
     for (std::size_t d = 0; d < n_; ++d) {
-      const AcquireResult r = check_cost(v[d], dims_[d].step.limit.capacity);
+      const AcquireResult r =
+          check_cost(v[d], shared_ ? dims_[d].step.limit.capacity : std::numeric_limits<double>::max());
       if (!r) [[unlikely]]
         return AcquireResult::failed(r.status(), r.reason_code(), v[d], static_cast<std::uint8_t>(d));
       if (t.capped[d] && v[d] > t.cap[d].limit.capacity) [[unlikely]]
@@ -304,7 +307,7 @@ class FairCore {
       if (k) key_end[d] = ks(*k, d);
       if (!(a[d] > e[d])) continue;
       const Dim& x = dims_[d];
-      shared_end[d] = x.step.charged(x.start, now, fine_interval(a[d] - e[d], x.step.limit.rate));
+      if (shared_) shared_end[d] = x.step.charged(x.start, now, fine_interval(a[d] - e[d], x.step.limit.rate));
       if (t && t->capped[d])
         key_end[d] = t->cap[d].charged(ks(*k, d), now, fine_interval(a[d] - e[d], t->cap[d].limit.rate));
       if (shared_end[d] > horizon_ || key_end[d] > horizon_) return false;
@@ -316,7 +319,8 @@ class FairCore {
       } else if (a[d] < e[d]) {
         const double back = e[d] - a[d];
         Dim& x = dims_[d];
-        x.start = x.step.given_back(x.start, now, fine_interval(std::min(back, x.step.limit.capacity), x.step.limit.rate));
+        if (shared_)
+          x.start = x.step.given_back(x.start, now, fine_interval(std::min(back, x.step.limit.capacity), x.step.limit.rate));
         if (t && t->capped[d]) {
           const BucketStep& s = t->cap[d];
           ks(*k, d) = s.given_back(ks(*k, d), now, fine_interval(std::min(back, s.limit.capacity), s.limit.rate));
@@ -343,6 +347,7 @@ class FairCore {
   /// Unreserved tokens of shared dimension d (0 while paused or while waiters are queued).
   double available(fine_t now, std::size_t d) noexcept {
     now = grant_due(now);
+    if (!shared_) return std::numeric_limits<double>::infinity();
     if (now < paused_until_ || pending_ != 0) return 0;
     return dims_[d].step.tokens(dims_[d].start, now);
   }
@@ -440,7 +445,7 @@ class FairCore {
                  std::array<fine_t, max_dimensions>& kiv) noexcept {
     FairTier& t = tiers_[k.tier];
     for (std::size_t d = 0; d < n_; ++d) {
-      iv[d] = dims_[d].step.interval(c[d]);
+      iv[d] = shared_ ? dims_[d].step.interval(c[d]) : 0;
       kiv[d] = t.capped[d] ? t.cap[d].interval(c[d]) : 0;
     }
   }
@@ -449,10 +454,11 @@ class FairCore {
   // cost now (within the rounding allowance of the costs `intervals` cached).
   bool grantable_now(fine_t now, const KeySlot& k, const std::array<fine_t, max_dimensions>& iv,
                      const std::array<fine_t, max_dimensions>& kiv) const noexcept {
-    if (pending_ != 0 || now < paused_until_ || now < floor_) return false;
+    // Nobody ahead: no key waiting on the shared set, none of its own waiting.
+    if (!open_.empty() || k.active != none || now < paused_until_ || now < floor_) return false;
     const FairTier& t = tiers_[k.tier];
     for (std::size_t d = 0; d < n_; ++d) {
-      if (!dims_[d].step.admits(dims_[d].step.end_of(dims_[d].start, now, iv[d]), now)) return false;
+      if (shared_ && !dims_[d].step.admits(dims_[d].step.end_of(dims_[d].start, now, iv[d]), now)) return false;
       if (t.capped[d] && !t.cap[d].admits(t.cap[d].end_of(ks(k, d), now, kiv[d]), now)) return false;
     }
     return true;
@@ -463,7 +469,7 @@ class FairCore {
             const std::array<fine_t, max_dimensions>& kiv) noexcept {
     const FairTier& t = tiers_[k.tier];
     for (std::size_t d = 0; d < n_; ++d) {
-      dims_[d].start = dims_[d].step.end_of(dims_[d].start, g, iv[d]);
+      if (shared_) dims_[d].start = dims_[d].step.end_of(dims_[d].start, g, iv[d]);
       if (t.capped[d]) ks(k, d) = t.cap[d].end_of(ks(k, d), g, kiv[d]);
     }
     floor_ = g;
@@ -473,7 +479,7 @@ class FairCore {
                  const std::array<fine_t, max_dimensions>& kiv) noexcept {
     const FairTier& t = tiers_[k.tier];
     for (std::size_t d = 0; d < n_; ++d) {
-      dims_[d].start = dims_[d].step.given_back(dims_[d].start, now, iv[d]);
+      if (shared_) dims_[d].start = dims_[d].step.given_back(dims_[d].start, now, iv[d]);
       if (t.capped[d]) ks(k, d) = t.cap[d].given_back(ks(k, d), now, kiv[d]);
     }
   }
@@ -488,7 +494,8 @@ class FairCore {
   }
   fine_t shared_ready(const FairWaiter& h) const noexcept {
     fine_t r = std::max(floor_, paused_until_);
-    for (std::size_t d = 0; d < n_; ++d) r = std::max(r, dims_[d].start + h.iv[d]);
+    if (shared_)
+      for (std::size_t d = 0; d < n_; ++d) r = std::max(r, dims_[d].start + h.iv[d]);
     return r;
   }
 
@@ -575,7 +582,8 @@ class FairCore {
     if (k.active != none && records_[k.active].blocked)  // its own queue is ahead of it anyway
       for (std::size_t d = 0; d < n_; ++d) ahead[d] += records_[k.active].stotal[d];
     fine_t g = std::max({floor_, paused_until_, now});
-    for (std::size_t d = 0; d < n_; ++d) g = std::max(g, dims_[d].step.end_of(dims_[d].start, now, ahead[d] + iv[d]));
+    if (shared_)
+      for (std::size_t d = 0; d < n_; ++d) g = std::max(g, dims_[d].step.end_of(dims_[d].start, now, ahead[d] + iv[d]));
     const FairTier& t = tiers_[k.tier];
     for (std::size_t d = 0; d < n_; ++d) {
       if (!t.capped[d]) continue;
@@ -682,6 +690,7 @@ class FairCore {
 
   std::array<Dim, max_dimensions> dims_{};
   std::size_t n_;
+  bool shared_;  // false: keys' own limits only
   bool fair_;
   std::vector<FairTier> tiers_;
   std::deque<KeySlot> slots_;
