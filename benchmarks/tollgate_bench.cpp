@@ -12,6 +12,7 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -412,6 +413,59 @@ void BM_SharedSet_ColdKeys(benchmark::State& st) {
   st.counters["keys"] = double(set.keys());
 }
 BENCHMARK(BM_SharedSet_ColdKeys)->Unit(benchmark::kNanosecond);
+
+// ---- Keyed limit sets (KeyedLimitSets) ----------------------------------------------
+// One key, three dimensions all limited (wide): try_acquire.
+void BM_KeyedSet_HotKey(benchmark::State& st) {
+  tollgate::KeyedLimitSets<> keys({"requests", "input_tokens", "output_tokens"}, {.tiers = {{"t", 1, three_wide()}}});
+  const std::string_view key = "api-key-00000042";
+  const tollgate::Costs c{1, 1200, 300};
+  for (auto _ : st) benchmark::DoNotOptimize(keys.try_acquire(key, c));
+}
+BENCHMARK(BM_KeyedSet_HotKey);
+
+// The machine's memory latency: a random cyclic pointer chase over 256 MB.
+void BM_Primitive_DramChase(benchmark::State& st) {
+  constexpr std::size_t kSlots = (256u << 20) / sizeof(std::size_t);
+  static const std::vector<std::size_t> next = [] {
+    std::vector<std::size_t> order(kSlots);
+    for (std::size_t i = 0; i < kSlots; ++i) order[i] = i;
+    std::mt19937_64 rng(7);
+    std::shuffle(order.begin(), order.end(), rng);
+    std::vector<std::size_t> n(kSlots);
+    for (std::size_t i = 0; i < kSlots; ++i) n[order[i]] = order[(i + 1) % kSlots];
+    return n;
+  }();
+  std::size_t at = 0;
+  for (auto _ : st) {
+    at = next[at];
+    benchmark::DoNotOptimize(at);
+  }
+}
+BENCHMARK(BM_Primitive_DramChase);
+
+// Random hits over `keys` live keys (all held: each has taken one request of
+// ten). Keys are pre-made 16-character strings, visited in a pre-shuffled
+// order, so the benchmark's own key access is one cache miss.
+void BM_KeyedSet_RandomKeys(benchmark::State& st) {
+  const auto n = static_cast<std::size_t>(st.range(0));
+  std::vector<std::string> keys = make_keys(n);
+  std::vector<std::string> order = keys;
+  std::mt19937_64 rng(11);
+  std::shuffle(order.begin(), order.end(), rng);
+  tollgate::KeyedLimitSets<> sets({"requests", "input_tokens", "output_tokens"},
+                                  {.tiers = {{"t", 1, {{"requests", Limit{10, 1e-3}}, {"input_tokens", kWide}, {"output_tokens", kWide}}}},
+                                   .max_keys = 2 * n});
+  const tollgate::Costs c{1, 1200, 300};
+  for (const auto& k : keys) (void)sets.try_acquire(std::string_view(k), c);
+  std::size_t i = 0;
+  for (auto _ : st) {
+    benchmark::DoNotOptimize(sets.try_acquire(std::string_view(order[i]), c));
+    if (++i == n) i = 0;
+  }
+  st.counters["keys"] = double(sets.keys());
+}
+BENCHMARK(BM_KeyedSet_RandomKeys)->Arg(1'000)->Arg(100'000)->Arg(1'000'000)->Arg(4'000'000)->Iterations(2'000'000);
 
 // ---- A million waiters ------------------------------------------------------------
 void BM_Waiters_1M(benchmark::State& st) {
