@@ -5,14 +5,15 @@
 //               [--upstream-key-file FILE]   (or TOLLGATE_UPSTREAM_KEY in the environment)
 //               [--listen 127.0.0.1:8080] [--port-file F] [--config FILE]
 //               [--rpm 500] [--tpm 30000] [--burst-seconds 60]
-//               [--tier NAME:RPM:TPM[:BURST_SECONDS]]... [--key KEY:TIER]...
+//               [--tier NAME:RPM:TPM[:BURST_SECONDS[:WEIGHT]]]... [--key KEY:TIER]...
+//               [--sharing fair|fifo]
 //               [--max-wait-ms 2000] [--default-max-tokens 256] [--adaptive]
 //               [--max-connections 512] [--idle-timeout-ms 30000] [--header-timeout-ms 10000]
 //               [--body-timeout-ms 30000] [--max-header-bytes 16384]
 //               [--max-body-bytes 1048576] [--max-usage-tokens 1000000]
 //
 // A config file holds the same options, one per line without the dashes
-// ("tier free 60 6000", "key sk-alice free", "upstream http://127.0.0.1:9000";
+// ("tier free 60 6000 60 1", "key sk-alice free", "upstream http://127.0.0.1:9000";
 // '#' starts a comment). The upstream key is never taken from the command
 // line (any local user can read a process's arguments).
 //
@@ -33,9 +34,13 @@
 //      reading or parsing the body (the connection is then closed);
 //   2. reads the body (bounded: 413 beyond --max-body-bytes) and estimates
 //      the cost {1 request, prompt tokens + output tokens};
-//   3. waits (up to --max-wait-ms, FIFO, without blocking the event loop) for
-//      the key's tier limits, then for the shared upstream limits; otherwise
-//      answers 429 with Retry-After and the IETF RateLimit fields;
+//   3. waits (up to --max-wait-ms in all, without blocking the event loop)
+//      for its key's tier limits and the shared upstream limits together, as
+//      one operation (nothing is held in one while waiting for the other):
+//      FIFO within a key, and between keys in proportion to their tiers'
+//      weights when the upstream is the bottleneck (--sharing fair, the
+//      default; fifo: by arrival); otherwise answers 429 with Retry-After and
+//      the IETF RateLimit fields;
 //   4. forwards a fresh request (the canonical path, the body, the upstream's
 //      key; none of the client's headers) over HTTP or HTTPS, settles both
 //      limit sets from the response's `usage` (validated: non-negative
@@ -70,7 +75,7 @@
 #include <vector>
 
 #include <tollgate/boost_asio.hpp>
-#include <tollgate/limit_set.hpp>
+#include <tollgate/shared_limit_set.hpp>
 #include <tollgate/upstream_feedback.hpp>
 #include <tollgate/upstream_headers.hpp>
 
@@ -83,14 +88,15 @@ using namespace std::chrono_literals;
 using tollgate::AcquireResult;
 using tollgate::Costs;
 using tollgate::Limit;
-using Set = tollgate::LimitSet<>;
+using Shared = tollgate::SharedLimitSet<>;
+using Feedback = tollgate::UpstreamFeedback<std::chrono::steady_clock, tollgate::SpinMutex, Shared>;
 using Request = http::request<http::string_body>;
 using Response = http::response<http::string_body>;
 
 // Per-minute limits whose burst (capacity) is `burst` seconds of refill: 60,
 // the whole minute, is how providers state them.
 struct Tier {
-  double rpm = 0, tpm = 0, burst = 60;
+  double rpm = 0, tpm = 0, burst = 60, weight = 1;
 };
 
 struct Config {
@@ -101,6 +107,7 @@ struct Config {
   std::chrono::milliseconds max_wait = 2000ms;
   std::int64_t default_max_tokens = 256;
   bool adaptive = false;
+  tollgate::Sharing sharing = tollgate::Sharing::weighted_fair;
   std::size_t max_connections = 512;
   std::chrono::milliseconds idle_timeout = 30000ms, header_timeout = 10000ms, body_timeout = 30000ms;
   std::uint32_t max_header_bytes = 16 * 1024;
@@ -154,8 +161,14 @@ void apply_option(Config& c, const std::string& name, const std::string& value) 
   else if (name == "default-max-tokens") c.default_max_tokens = std::stoll(value);
   else if (name == "tier") {
     auto p = split(value, ':');
-    if (p.size() != 3 && p.size() != 4) throw std::invalid_argument("tier must be NAME:RPM:TPM[:BURST_SECONDS], got " + value);
-    c.tiers[p[0]] = Tier{std::stod(p[1]), std::stod(p[2]), p.size() == 4 ? std::stod(p[3]) : 60.0};
+    if (p.size() < 3 || p.size() > 5)
+      throw std::invalid_argument("tier must be NAME:RPM:TPM[:BURST_SECONDS[:WEIGHT]], got " + value);
+    c.tiers[p[0]] = Tier{std::stod(p[1]), std::stod(p[2]), p.size() >= 4 ? std::stod(p[3]) : 60.0,
+                         p.size() == 5 ? std::stod(p[4]) : 1.0};
+  } else if (name == "sharing") {
+    if (value == "fair") c.sharing = tollgate::Sharing::weighted_fair;
+    else if (value == "fifo") c.sharing = tollgate::Sharing::fifo;
+    else throw std::invalid_argument("sharing must be fair or fifo, got " + value);
   } else if (name == "key") {
     auto p = split(value, ':');
     if (p.size() != 2) throw std::invalid_argument("key must be KEY:TIER, got " + value);
@@ -190,11 +203,11 @@ Config parse_args(int argc, char** argv) {
           continue;
         }
         std::getline(words >> std::ws, value);
-        if (name == "tier") {  // "tier free 60 6000 [burst seconds]"
+        if (name == "tier") {  // "tier free 60 6000 [burst seconds [weight]]"
           std::istringstream t(value);
-          std::string n, r, k, b;
-          t >> n >> r >> k >> b;
-          value = n + ":" + r + ":" + k + (b.empty() ? "" : ":" + b);
+          std::string n, r, k, b, w;
+          t >> n >> r >> k >> b >> w;
+          value = n + ":" + r + ":" + k + (b.empty() ? "" : ":" + b) + (w.empty() ? "" : ":" + w);
         } else if (name == "key") {
           std::istringstream t(value);
           std::string k, tier;
@@ -217,6 +230,27 @@ Config parse_args(int argc, char** argv) {
 
 std::vector<tollgate::Dimension> dims(double rpm, double tpm, double burst) {
   return {{"requests", Limit::per_minute(rpm, rpm / 60 * burst)}, {"tokens", Limit::per_minute(tpm, tpm / 60 * burst)}};
+}
+
+// The shared upstream set's options: one tier per configured tier (its
+// per-key limits and weight), each known key mapped to its tier.
+Shared::Options sharing_options(const Config& c) {
+  Shared::Options o;
+  o.tiers.clear();
+  auto index = std::make_shared<std::map<std::string, std::size_t>>();
+  for (const auto& [name, t] : c.tiers) {
+    (*index)[name] = o.tiers.size();
+    o.tiers.push_back({name, t.weight, dims(t.rpm, t.tpm, t.burst)});
+  }
+  if (o.tiers.empty()) o.tiers.push_back({"default", 1, {}});  // no keys can be known then anyway
+  auto keys = std::make_shared<std::map<std::string, std::string>>(c.keys);
+  o.tier_of = [index, keys](const std::string& key) -> std::size_t {
+    auto it = keys->find(key);
+    return it == keys->end() ? 0 : index->at(it->second);
+  };
+  o.sharing = c.sharing;
+  o.max_keys = std::max<std::size_t>(c.keys.size(), 1);  // only known keys ever get here
+  return o;
 }
 
 // A billed endpoint: its canonical path and how its body's cost is estimated.
@@ -292,13 +326,10 @@ class Gateway {
         config_(std::move(config)),
         url_(Url::parse(config_.upstream)),
         timers_(io.get_executor()),
-        upstream_(dims(config_.rpm, config_.tpm, config_.burst), {}, &timers_),
+        upstream_(dims(config_.rpm, config_.tpm, config_.burst), sharing_options(config_), std::chrono::steady_clock{},
+                  &timers_),
         feedback_(upstream_, feedback_options(config_.adaptive)),
         acceptor_(io, parse_listen(config_.listen)) {
-    for (const auto& [key, tier] : config_.keys) {
-      const Tier& t = config_.tiers.at(tier);
-      keys_.emplace(key, std::make_unique<Set>(dims(t.rpm, t.tpm, t.burst), std::chrono::steady_clock{}, &timers_));
-    }
     if (url_.tls) {
       tls_.emplace(ssl::context::tls_client);
       tls_->set_verify_mode(ssl::verify_peer);
@@ -332,7 +363,6 @@ class Gateway {
   // What the header alone decided: an answer now, or the key and endpoint.
   struct Screened {
     std::string key;
-    Set* set = nullptr;
     const Endpoint* endpoint = nullptr;
     std::string path;
   };
@@ -345,8 +375,8 @@ class Gateway {
     bool maybe_sent = false;  // the upstream exchange broke after the request was written
   };
 
-  static tollgate::UpstreamFeedback<>::Options feedback_options(bool adaptive) {
-    tollgate::UpstreamFeedback<>::Options o;
+  static Feedback::Options feedback_options(bool adaptive) {
+    Feedback::Options o;
     if (adaptive) o.adaptive = tollgate::AdaptiveRate{};
     return o;
   }
@@ -473,14 +503,19 @@ class Gateway {
     return res;
   }
 
-  // A refusal of ours: 429 with Retry-After (rounded up) and the IETF fields.
-  static Response too_many(unsigned version, const Set& set, const AcquireResult& r, const char* who) {
-    Response res = plain(version, http::status::too_many_requests, std::string(who) + ": " + set.message(r), "rate_limit_exceeded");
+  // A refusal of ours: 429 with Retry-After (rounded up) and the IETF
+  // fields: the key's own policy (its tier), and what it could take now (the
+  // lesser of its own tokens and the upstream's).
+  Response too_many(unsigned version, const std::string& key, const AcquireResult& r) {
+    Response res = plain(version, http::status::too_many_requests, "rate limit: " + upstream_.message(r), "rate_limit_exceeded");
     res.set(http::field::retry_after, tollgate::retry_after_header(r.retry_after()));
+    const Tier& tier = config_.tiers.at(config_.keys.at(key));
+    const std::vector<tollgate::Dimension> own = dims(tier.rpm, tier.tpm, tier.burst);
     std::string policy, state;
-    for (std::size_t i = 0; i < set.size(); ++i) {
-      policy += (i ? ", " : "") + tollgate::ratelimit_policy_header(set.name(i), set.limit(i));
-      state += (i ? ", " : "") + tollgate::ratelimit_header(set.name(i), set.available(i), r.retry_after());
+    for (std::size_t i = 0; i < upstream_.size(); ++i) {
+      const double left = std::min(upstream_.key_available(key, i), upstream_.available(i));
+      policy += (i ? ", " : "") + tollgate::ratelimit_policy_header(own[i].name, own[i].limit);
+      state += (i ? ", " : "") + tollgate::ratelimit_header(own[i].name, left, r.retry_after());
     }
     res.set("RateLimit-Policy", policy);
     res.set("RateLimit", state);
@@ -508,47 +543,38 @@ class Gateway {
     const std::string_view auth(h[http::field::authorization].data(), h[http::field::authorization].size());
     const std::string key = auth.rfind("Bearer ", 0) == 0 ? std::string(auth.substr(7)) : std::string();
     out.key = fingerprint(key);
-    auto found = keys_.find(key);
-    if (found == keys_.end()) return plain(v, http::status::unauthorized, "unknown API key", "invalid_api_key");
-    Set& mine = *found->second;
+    if (!config_.keys.count(key)) return plain(v, http::status::unauthorized, "unknown API key", "invalid_api_key");
     // Work before admission: a key that cannot have even one request within
-    // max_wait is refused before its body is read or parsed.
-    const AcquireResult probe = mine.try_acquire({1, 0});
-    if (probe) mine.refund({1, 0});
-    else if (probe.status() != tollgate::Status::not_now || probe.retry_after() > config_.max_wait)
-      return too_many(v, mine, probe, "your key's limit");
-    return Screened{key, &mine, endpoint, canon};
+    // max_wait (its own limit, or its turn at the upstream) is refused before
+    // its body is read or parsed.
+    Shared::Permit probe = upstream_.try_acquire_permit(key, {1, 0});
+    if (probe) probe.release();
+    else if (probe.result().status() != tollgate::Status::not_now || probe.result().retry_after() > config_.max_wait)
+      return too_many(v, key, probe.result());
+    return Screened{key, endpoint, canon};
   }
 
   net::awaitable<Response> handle(const Request& req, const Screened& who, Outcome& out) {
     const unsigned v = req.version();
-    Set& mine = *who.set;
     const json body = json::parse(req.body(), nullptr, false);
     if (body.is_discarded() || !body.is_object()) co_return plain(v, http::status::bad_request, "the body is not a JSON object");
     const double estimate_tokens = double(who.endpoint->input(body) + who.endpoint->output(body, config_.default_max_tokens));
     out.estimate = estimate_tokens;
-    const Costs estimate{1, estimate_tokens};
-
-    // The key's tier first, then the shared upstream: FIFO, on this event loop.
-    const AcquireResult own = co_await tollgate::boost_asio::async_acquire(mine, estimate, config_.max_wait, net::use_awaitable);
-    if (!own) {
-      co_return own.status() == tollgate::Status::not_now ? too_many(v, mine, own, "your key's limit")
-                                                          : plain(v, http::status::bad_request, mine.message(own));
-    }
-    const auto left = config_.max_wait - std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - out.started);
-    const AcquireResult shared =
-        co_await tollgate::boost_asio::async_acquire(upstream_, estimate, std::max(left, 0ms), net::use_awaitable);
-    if (!shared) {
-      mine.refund(estimate);  // nothing taken from the key when the upstream refuses
-      co_return shared.status() == tollgate::Status::not_now ? too_many(v, upstream_, shared, "upstream capacity")
-                                                             : plain(v, http::status::bad_request, upstream_.message(shared));
+    // The key's own limits and the shared upstream, as one operation: its
+    // turn among the keys (by weight), then both at one instant or neither.
+    const tollgate::KeyedCosts estimate = upstream_.keyed(who.key, Costs{1, estimate_tokens});
+    const AcquireResult got =
+        co_await tollgate::boost_asio::async_acquire(upstream_, estimate, config_.max_wait, net::use_awaitable);
+    if (!got) {
+      co_return got.status() == tollgate::Status::not_now ? too_many(v, who.key, got)
+                                                          : plain(v, http::status::bad_request, upstream_.message(got));
     }
     out.admitted = std::chrono::steady_clock::now();
     Response res;
     try {
       res = co_await forward(who.path, req.body(), v, out);
     } catch (...) {
-      settle(mine, estimate, estimate_tokens, out);  // it may have reached the provider: keep the estimate
+      settle(estimate, estimate_tokens, out);  // it may have reached the provider: keep the estimate
       throw;
     }
 
@@ -580,16 +606,15 @@ class Gateway {
     // Settle first, then feed the answer back: the provider's remaining count
     // already includes this call, so a refund after the correction would lift
     // the shared set above it (UpstreamFeedback::complete's order).
-    settle(mine, estimate, actual_tokens, out);
+    settle(estimate, actual_tokens, out);
     feedback_.on_response(static_cast<int>(res.result_int()), header, code);
     co_return res;
   }
 
-  void settle(Set& mine, const Costs& estimate, double actual_tokens, Outcome& out) {
+  // Settles the key's limits and the shared set at once.
+  void settle(const tollgate::KeyedCosts& estimate, double actual_tokens, Outcome& out) {
     out.actual = actual_tokens;
-    const Costs actual{1, actual_tokens};
-    mine.settle(estimate, actual);
-    upstream_.settle(estimate, actual);
+    upstream_.settle(estimate, Costs{1, actual_tokens});
   }
 
   // The tokens an answer's `usage` reports (total_tokens, else prompt +
@@ -729,9 +754,8 @@ class Gateway {
   Url url_;
   std::optional<ssl::context> tls_;
   tollgate::boost_asio::TimerScheduler<> timers_;
-  Set upstream_;
-  tollgate::UpstreamFeedback<> feedback_;
-  std::map<std::string, std::unique_ptr<Set>> keys_;
+  Shared upstream_;
+  Feedback feedback_;
   tcp::acceptor acceptor_;
   std::list<Conn*> conns_;
   std::uint64_t refused_connections_ = 0;

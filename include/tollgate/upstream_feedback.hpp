@@ -100,7 +100,7 @@ struct HeaderBindings {
   }
 };
 
-/// Connects a LimitSet to a provider's answers. Header families are bound to
+/// Connects a LimitSet (or a SharedLimitSet: `Set`) to a provider's answers. Header families are bound to
 /// the set's dimensions by `Options::bindings` (e.g. `HeaderBindings::anthropic()`),
 /// checked at construction: a binding to a dimension the set does not have
 /// throws. Without bindings, a dimension named "requests", "tokens",
@@ -131,9 +131,11 @@ struct HeaderBindings {
 /// The set's capacities stay the ceiling's (the provider's burst); only the
 /// refill rates adapt. Thread safety: as the LimitSet when `Mutex` is a real
 /// mutex (the adaptive state has its own lock, never held while the set runs).
-template <class Clock = std::chrono::steady_clock, class Mutex = SpinMutex>
+template <class Clock = std::chrono::steady_clock, class Mutex = SpinMutex, class Set = LimitSet<Clock, Mutex>>
 class UpstreamFeedback {
  public:
+  /// What the set's permits hold: Costs (LimitSet), KeyedCosts (SharedLimitSet).
+  using cost_type = typename Set::cost_type;
   struct Options {
     std::optional<AdaptiveRate> adaptive;                        ///< none: header sync and pauses only
     std::chrono::nanoseconds default_pause = std::chrono::seconds(1);  ///< a 429 that says nothing
@@ -148,7 +150,7 @@ class UpstreamFeedback {
   /// Throws `std::invalid_argument` for a bad AdaptiveRate, a binding to a
   /// missing dimension, a family or dimension bound twice, or (without
   /// bindings) a set none of whose dimensions is named after a family.
-  explicit UpstreamFeedback(LimitSet<Clock, Mutex>& set, Options options = {}) : set_(set), options_(std::move(options)) {
+  explicit UpstreamFeedback(Set& set, Options options = {}) : set_(set), options_(std::move(options)) {
     if (options_.adaptive) options_.adaptive->validate();
     for (std::size_t i = 0; i < set.size(); ++i) {
       Dim& d = dims_[i];
@@ -266,7 +268,7 @@ class UpstreamFeedback {
   /// Settling first matters: a provider's `remaining` already counts this
   /// call's real usage, so a refund applied after the correction would lift
   /// the level above what the provider said is left. Returns the verdict.
-  UpstreamVerdict complete(Permit<Costs>& permit, const Costs& actual, int status, const UpstreamLimits& headers,
+  UpstreamVerdict complete(Permit<cost_type>& permit, const cost_type& actual, int status, const UpstreamLimits& headers,
                            std::string_view error_code = {}) {
     if (!permit.settled()) permit.settle(actual);
     return on_response(status, headers, error_code);
@@ -274,7 +276,7 @@ class UpstreamFeedback {
   /// `complete` with the headers read through `header(name)`, resets against `Options::wall_clock`.
   template <class HeaderFn>
     requires std::is_invocable_v<HeaderFn&, std::string_view>
-  UpstreamVerdict complete(Permit<Costs>& permit, const Costs& actual, int status, HeaderFn&& header,
+  UpstreamVerdict complete(Permit<cost_type>& permit, const cost_type& actual, int status, HeaderFn&& header,
                            std::string_view error_code = {}) {
     return complete(permit, actual, status, parse_upstream_limits(std::forward<HeaderFn>(header), options_.wall_clock()),
                     error_code);
@@ -348,7 +350,7 @@ class UpstreamFeedback {
     UpstreamDimension UpstreamLimits::*field = nullptr;
   };
 
-  LimitSet<Clock, Mutex>& set_;
+  Set& set_;
   Options options_;
   std::array<Dim, max_dimensions> dims_{};
   typename Clock::time_point last_ramp_{};

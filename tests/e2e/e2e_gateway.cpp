@@ -46,13 +46,14 @@ using tge2e::spawn;
 struct Record {
   int status = 0;  // 0: no answer (transport error)
   std::string retry_after, ratelimit, policy;
+  Clock::time_point at{};  // when the answer arrived
 };
 
 struct Load {
   unsigned short port;
   bool stop = false;
   std::map<std::string, std::vector<Record>> by_key;
-  Clock::time_point first{}, last{};
+  Clock::time_point first{}, last{}, stopped{};
 };
 
 net::awaitable<void> sender(Load& load, std::string key, std::chrono::milliseconds interval) {
@@ -91,7 +92,7 @@ net::awaitable<void> sender(Load& load, std::string key, std::chrono::millisecon
         r.policy = std::string(res["RateLimit-Policy"]);
       }
     }
-    load.last = Clock::now();
+    load.last = r.at = Clock::now();
     load.by_key[key].push_back(r);
     if (r.status == 0 || !res.keep_alive()) break;
   }
@@ -147,7 +148,68 @@ int feedback_phase(const std::string& mock_bin, const std::string& gateway_bin, 
   return failures == 0 ? 0 : 1;
 }
 
+// Fair sharing: the upstream (20 requests/s, plain HTTP) is saturated by a
+// heavy key of weight 1 on 32 connections and three light keys of weight 2
+// on 4 connections each. By connections (FIFO) the heavy key would take 8 of
+// 11 requests; by weight it gets 1 of 7 and each light key 2 of 7. Checked
+// on proportions, which hold at any pace as long as every key keeps a
+// request waiting in the gateway (each has connections to spare).
+int fair_phase(const std::string& mock_bin, const std::string& gateway_bin) {
+  Child mock;
+  spawn(mock, {mock_bin, "--listen", "127.0.0.1:0", "--rpm", "1200", "--tpm", "100000000", "--burst-seconds", "1",
+               "--latency-ms", "5"});
+  std::printf("%s\n", mock.first_line.c_str());
+  Child gateway;
+  spawn(gateway, {gateway_bin, "--listen", "127.0.0.1:0", "--upstream",
+                  "http://127.0.0.1:" + std::to_string(port_of(mock.first_line)), "--rpm", "1080", "--tpm",
+                  "90000000", "--burst-seconds", "1", "--tier", "heavy:100000:100000000:1:1", "--tier",
+                  "light:100000:100000000:1:2", "--key", "heavy:heavy", "--key", "light-1:light", "--key",
+                  "light-2:light", "--key", "light-3:light", "--max-wait-ms", "20000"});
+  std::printf("%s\n", gateway.first_line.c_str());
+  Load load;
+  load.port = port_of(gateway.first_line);
+  net::io_context io(1);
+  for (int i = 0; i < 32; ++i) net::co_spawn(io, sender(load, "heavy", std::chrono::milliseconds(0)), net::detached);
+  for (const char* k : {"light-1", "light-2", "light-3"})
+    for (int i = 0; i < 4; ++i) net::co_spawn(io, sender(load, k, std::chrono::milliseconds(0)), net::detached);
+  net::steady_timer run_for(io, std::chrono::seconds(6));
+  run_for.async_wait([&](const auto&) {
+    load.stop = true;
+    load.stopped = Clock::now();
+    kill(gateway.pid, SIGTERM);
+  });
+  io.run();
+  const int gateway_exit = finish(gateway);
+  kill(mock.pid, SIGTERM);
+  finish(mock);
+  std::printf("%s", mock.rest.c_str());
+  if (std::getenv("TOLLGATE_E2E_LOG")) std::printf("%s", gateway.rest.c_str());
+  // Counted from 2 s to the stop: the opening burst goes to whoever connects
+  // first, and the drain after the stop to whoever still has requests queued.
+  std::map<std::string, long> ok;
+  long total = 0, limited = 0;
+  for (const auto& [key, records] : load.by_key)
+    for (const Record& r : records) {
+      limited += r.status == 429;
+      if (r.at < load.first + std::chrono::seconds(2) || r.at >= load.stopped) continue;
+      ok[key] += r.status == 200;
+      total += r.status == 200;
+    }
+  for (const auto& [key, n] : ok)
+    std::printf("%s: %ld answered 200 (%.1f%% of %ld)\n", key.c_str(), n, 100.0 * double(n) / double(total), total);
+  check(total >= 20, "fair: the upstream was kept busy");
+  check(limited == 0, "fair: nothing was refused (every request waited its turn)");
+  check(mock.rest.find("refused=0 ") != std::string::npos, "fair: the upstream refused nothing");
+  check(double(ok["heavy"]) <= 0.22 * double(total), "fair: the heavy key got about its weight's share (1/7), not its connections' (8/11)");
+  for (const char* k : {"light-1", "light-2", "light-3"})
+    check(double(ok[k]) >= 0.22 * double(total) && double(ok[k]) >= 1.5 * double(ok["heavy"]),
+          std::string(k) + ": about its weight's share (2/7), twice the heavy key's");
+  check(gateway_exit == 0, "fair: the gateway exited 0");
+  return failures == 0 ? 0 : 1;
+}
+
 int main(int argc, char** argv) {
+  if (argc == 5 && std::string(argv[4]) == "fair") return fair_phase(argv[1], argv[2]);
   if (argc == 5) return feedback_phase(argv[1], argv[2], std::string(argv[4]) == "feedback");
   if (argc != 4) return std::fprintf(stderr, "usage: e2e_gateway MOCK GATEWAY WORKDIR [feedback|feedback-static]\n"), 2;
   const std::string mock_bin = argv[1], gateway_bin = argv[2], work = argv[3];

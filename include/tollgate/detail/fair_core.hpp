@@ -563,7 +563,7 @@ class FairCore {
   void grant(FairWaiter& w, fine_t g) noexcept {
     take(g, *w.request.key_, w.iv, w.kiv);
     if (w.stag > vtime_) vtime_ = w.stag;
-    unqueue(w);
+    unqueue(w, true);
     w.place = WaiterPlace::ready;
     w.outcome = Status::acquired;
     ready_.push_back(w);
@@ -642,11 +642,13 @@ class FairCore {
   }
 
   // Takes a pending waiter out of its key's queue and the deadline heap.
-  void unqueue(FairWaiter& w) noexcept {
+  // One that leaves unserved (cancelled, timed out) and was its key's latest
+  // takes its tag back with it: the key's next request starts where it did.
+  void unqueue(FairWaiter& w, bool served = false) noexcept {
     KeySlot& k = *w.request.key_;
     Active& a = records_[k.active];
     const bool was_head = a.q.front() == &w;
-    if (fair_ && a.q.back() == &w) k.finish = w.stag;  // the key's latest tag goes back with it
+    if (fair_ && !served && a.q.back() == &w) k.finish = w.stag;
     a.q.remove(w);
     for (std::size_t d = 0; d < n_; ++d) {
       a.stotal[d] -= w.iv[d];
