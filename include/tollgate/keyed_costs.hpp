@@ -23,10 +23,12 @@ class FairCore;
 /// that refer to it, and a pinned key is never evicted.
 struct KeySlot {
   std::atomic<std::uint32_t> pins{0};
-  std::uint32_t id = 0;                  // index of its paid-up-to instants
-  std::uint32_t tier = 0;                // index into the set's tiers
+  std::uint32_t id = 0;                      // its record's id
+  std::uint32_t tier = 0;                    // index into the set's tiers
   std::uint32_t active = ~std::uint32_t{0};  // its queue's record, while it has waiters
-  double finish = 0;                     // virtual finish tag of its latest queued request
+  double finish = 0;                         // virtual finish tag of its latest queued request
+  std::uint32_t next_free = ~std::uint32_t{0};  // while not in use: the next free record
+  bool in_use = false;
 };
 
 }  // namespace detail

@@ -8,6 +8,7 @@
 #include <functional>
 #include <limits>
 #include <mutex>
+#include <new>
 #include <span>
 #include <sstream>
 #include <stdexcept>
@@ -259,7 +260,7 @@ class SharedLimitSet : public detail::WaitingBucket<detail::FairCore, Clock, Mut
     dims_.check_index("SharedLimitSet::key_available", i);
     const fine_t t = rel(clock_.now());
     std::lock_guard lock(mutex_);
-    if (Entry* e = index_.find(Hash{}(key), key)) return core_.key_available(t, *e->slot, i);
+    if (detail::KeySlot* k = find(Hash{}(key), key)) return core_.key_available(t, *k, i);
     const detail::FairTier& tier = core_.tier(tier_index(Key(key)));
     return tier.capped[i] ? tier.cap[i].limit.capacity : std::numeric_limits<double>::infinity();
   }
@@ -267,13 +268,13 @@ class SharedLimitSet : public detail::WaitingBucket<detail::FairCore, Clock, Mut
   /// Keys held now.
   std::size_t keys() const {
     std::lock_guard lock(mutex_);
-    return index_.entries.size();
+    return count_;
   }
   /// Bytes of state per key held, beyond the key's own (its `Key` object and
-  /// what that allocates): the key's slot and paid-up-to instants, its index
-  /// entry's other members and two index slots (the table stays at most half full).
+  /// what that allocates): its record (slot and paid-up-to instants; the key
+  /// object lives in it too) and two index slots (the table stays at most half full).
   std::size_t bytes_per_key() const noexcept {
-    return core_.bytes_per_slot() + (sizeof(Entry) - sizeof(Key)) + 2 * sizeof(std::uint64_t);
+    return core_.bytes_per_slot() - sizeof(Key) + 2 * sizeof(std::uint64_t);
   }
   /// Examines up to `n` keys and evicts those indistinguishable from new.
   /// Returns the number evicted.
@@ -289,10 +290,14 @@ class SharedLimitSet : public detail::WaitingBucket<detail::FairCore, Clock, Mut
   using Base::mutex_;
   using Base::rel;
 
-  struct Entry {
-    Key key;
-    detail::KeySlot* slot;
-  };
+  const Key& key_at(std::uint32_t id) noexcept {
+    return *std::launder(reinterpret_cast<Key*>(core_.key_storage(core_.slot(id))));
+  }
+  template <class K>
+  detail::KeySlot* find(std::size_t h, const K& key) noexcept {
+    const std::int64_t id = table_.find(h, key, [this](std::uint32_t i) -> const Key& { return key_at(i); }, KeyEqual{});
+    return id < 0 ? nullptr : &core_.slot(static_cast<std::uint32_t>(id));
+  }
 
   template <class K>
   KeyedCosts keyed_hashed(std::size_t h, const K& key, const Costs& costs) {
@@ -308,7 +313,19 @@ class SharedLimitSet : public detail::WaitingBucket<detail::FairCore, Clock, Mut
   AcquireResult try_acquire_hashed(std::size_t h, const K& key, const Costs& costs) {
     if (detail::key_bytes(key) > options_.max_key_bytes) [[unlikely]]
       return too_long(key);
-    return this->mutate_at(rel(clock_.now()), [&](Core& core, fine_t now, detail::WaiterList&) {
+    const fine_t t = rel(clock_.now());
+    {
+      // Nobody waits anywhere (the common case): nothing to complete and no
+      // timer to move, so no more than the lock and the arithmetic.
+      std::lock_guard lock(mutex_);
+      if (core_.idle()) [[likely]] {
+        detail::KeySlot* k = find_or_insert(h, key, t);
+        if (!k) [[unlikely]]
+          return AcquireResult::failed(Status::rejected, Reason::key_cap_reached);
+        return core_.try_acquire(t, *k, costs);
+      }
+    }
+    return this->mutate_at(t, [&](Core& core, fine_t now, detail::WaiterList&) {
       detail::KeySlot* k = find_or_insert(h, key, now);
       if (!k) [[unlikely]]
         return AcquireResult::failed(Status::rejected, Reason::key_cap_reached);
@@ -324,7 +341,7 @@ class SharedLimitSet : public detail::WaitingBucket<detail::FairCore, Clock, Mut
   SharedLimitSet(detail::DimensionNames dims, Options options, Clock clock, scheduler_type* scheduler,
                  bool has_shared, const char* who)
       : Base(std::move(clock), scheduler, std::span<const Limit>(dims.limits()), tiers_of(dims, options, who),
-             options.sharing == Sharing::weighted_fair, has_shared),
+             options.sharing == Sharing::weighted_fair, has_shared, sizeof(Key), alignof(Key)),
         dims_(std::move(dims)),
         options_(std::move(options)) {
     if (options_.max_keys == 0) throw std::invalid_argument(std::string(who) + ": max_keys must be > 0, got 0");
@@ -387,44 +404,59 @@ class SharedLimitSet : public detail::WaitingBucket<detail::FairCore, Clock, Mut
   // (under OverflowPolicy::reject). `now` of -fine_max: read the clock if needed.
   template <class K>
   detail::KeySlot* find_or_insert(std::size_t h, const K& key, fine_t now) {
-    if (Entry* e = index_.find(h, key)) [[likely]]
-      return e->slot;
+    if (detail::KeySlot* k = find(h, key)) [[likely]]
+      return k;
     if (now == -detail::fine_max) now = rel(clock_.now());
     sweep_locked(now, options_.sweep_per_insert);
-    if (index_.entries.size() >= options_.max_keys && sweep_locked(now, 16) == 0)
+    if (count_ >= options_.max_keys && sweep_locked(now, 16) == 0)
       return overflow_;  // null under OverflowPolicy::reject
     Key k(key);
     const std::uint32_t tier = tier_index(k);
     detail::KeySlot& slot = core_.new_slot(tier, now);
+    Key* stored = ::new (core_.key_storage(slot)) Key(std::move(k));
     try {
-      index_.insert(h, Entry{std::move(k), &slot});
+      table_.insert(h, slot.id, count_, [this](std::uint32_t i) { return Hash{}(key_at(i)); });
     } catch (...) {
+      stored->~Key();
       core_.free_slot(slot);
       throw;
     }
+    ++count_;
     return &slot;
   }
 
+  // Examines up to `n` records from the cursor; evicts the fresh keys.
   std::size_t sweep_locked(fine_t now, std::size_t n) {
     std::size_t evicted = 0;
-    for (std::size_t i = 0; i < n && !index_.entries.empty(); ++i) {
-      if (cursor_ >= index_.entries.size()) cursor_ = 0;
-      Entry& e = index_.entries[cursor_];
-      if (core_.fresh(*e.slot, now)) {
-        core_.free_slot(*e.slot);
-        index_.erase(cursor_);
-        ++evicted;
-      } else {
-        ++cursor_;
-      }
+    const std::uint32_t made = core_.slot_count();
+    for (std::size_t i = 0; i < n && count_ != 0; ++i) {
+      if (cursor_ >= made) cursor_ = 0;
+      detail::KeySlot& k = core_.slot(cursor_++);
+      if (!k.in_use || &k == overflow_ || !core_.fresh(k, now)) continue;
+      const Key& key = key_at(k.id);
+      table_.erase(Hash{}(key), k.id);
+      key.~Key();
+      core_.free_slot(k);
+      --count_;
+      ++evicted;
     }
     return evicted;
   }
 
+ public:
+  ~SharedLimitSet() {
+    for (std::uint32_t id = 0; id < core_.slot_count(); ++id) {
+      detail::KeySlot& k = core_.slot(id);
+      if (k.in_use && &k != overflow_) key_at(id).~Key();
+    }
+  }
+
+ private:
   detail::DimensionNames dims_;
   Options options_;
-  detail::KeyIndex<Entry, Hash, KeyEqual> index_;
-  std::size_t cursor_ = 0;
+  detail::KeyTable table_;  // key -> record id
+  std::size_t count_ = 0;   // keys held
+  std::uint32_t cursor_ = 0;
   detail::KeySlot* overflow_ = nullptr;
 };
 

@@ -75,12 +75,14 @@ struct BucketStep {
 
   /// Refill time of a valid `cost`, rounded up; caches it and its allowance.
   fine_t interval(double cost) noexcept {
-    if (cost != last_cost) {
-      last_cost = cost;
-      last_iv = fine_interval(cost, limit.rate);
-      last_slack = admission_slack(cost, limit.capacity, tau);
-    }
+    if (cost != last_cost) [[unlikely]]
+      recompute(cost);
     return last_iv;
+  }
+  [[gnu::noinline]] void recompute(double cost) noexcept {
+    last_cost = cost;
+    last_iv = fine_interval(cost, limit.rate);
+    last_slack = admission_slack(cost, limit.capacity, tau);
   }
 
   /// Where taking refill time `iv` at `now` ends, from paid-up-to `tat`.

@@ -51,6 +51,7 @@
 #include "../result.hpp"
 #include "bucket_step.hpp"
 #include "fine_time.hpp"
+#include "key_records.hpp"
 #include "pos_heap.hpp"
 #include "set_core.hpp"
 #include "waiter.hpp"
@@ -88,8 +89,16 @@ class FairCore {
   /// Limits and tiers must be valid (the public class checks them). Without
   /// `has_shared`, the dimensions are the keys' own only: `shared` gives
   /// their number, and nothing is shared between keys.
-  FairCore(std::span<const Limit> shared, std::vector<FairTier> tiers, bool fair, bool has_shared = true)
-      : n_(shared.size()), shared_(has_shared), fair_(fair), tiers_(std::move(tiers)), open_(ByTag{fair}) {
+  /// Each key's record keeps `key_size` bytes (aligned to `key_align`) for
+  /// the caller's key object (see `key_storage`).
+  FairCore(std::span<const Limit> shared, std::vector<FairTier> tiers, bool fair, bool has_shared = true,
+           std::size_t key_size = 0, std::size_t key_align = 1)
+      : n_(shared.size()),
+        shared_(has_shared),
+        fair_(fair),
+        tiers_(std::move(tiers)),
+        keys_(shared.size(), key_size, key_align),
+        open_(ByTag{fair}) {
     for (std::size_t d = 0; d < n_; ++d) {
       dims_[d].step.apply(shared[d]);
       dims_[d].start = -dims_[d].step.tau;
@@ -106,24 +115,22 @@ class FairCore {
 
   /// A new key of tier `tier`, full at `now`. Its address never changes.
   KeySlot& new_slot(std::uint32_t tier, fine_t now) {
-    std::uint32_t id;
-    if (!free_.empty()) {
-      id = free_.back();
-      free_.pop_back();
-    } else {
-      id = static_cast<std::uint32_t>(slots_.size());
-      kstart_.resize(kstart_.size() + n_);
-      slots_.emplace_back().id = id;
-    }
-    KeySlot& k = slots_[id];
+    KeySlot& k = keys_.make();
     k.tier = tier;
     k.active = none;
     k.finish = 0;
     for (std::size_t d = 0; d < n_; ++d) ks(k, d) = now - tiers_[tier].cap[d].tau;
     return k;
   }
-  /// Gives a fresh key's slot back (see `fresh`).
-  void free_slot(KeySlot& k) { free_.push_back(k.id); }
+  /// Gives a fresh key's record back (see `fresh`; its key object destroyed).
+  void free_slot(KeySlot& k) noexcept { keys_.release(k); }
+  /// Records made so far (ids 0 .. slot_count() - 1; see KeySlot::in_use).
+  std::uint32_t slot_count() const noexcept { return keys_.count(); }
+  KeySlot& slot(std::uint32_t id) noexcept { return keys_.at(id); }
+  /// Where the caller keeps the key object of `k`.
+  void* key_storage(KeySlot& k) const noexcept { return keys_.key(k); }
+  /// Bytes per key record (slot, paid-up-to instants and key object).
+  std::size_t bytes_per_slot() const noexcept { return keys_.stride(); }
 
   /// True when dropping `k` is unobservable: nothing refers to it, nothing
   /// waits on it, and each of its capped dimensions is full.
@@ -144,9 +151,6 @@ class FairCore {
     return t.cap[d].tokens(ks(k, d), now);
   }
 
-  /// Slots made so far (each 2 x 8 bytes of state + n paid-up-to instants).
-  std::size_t slot_count() const noexcept { return slots_.size(); }
-  std::size_t bytes_per_slot() const noexcept { return sizeof(KeySlot) + n_ * sizeof(fine_t); }
 
   // ---- the waiting core (see WaitingBucket) -----------------------------
 
@@ -183,6 +187,11 @@ class FairCore {
   fine_t grant_due(fine_t now) noexcept {
     if (now < last_now_) now = last_now_;
     else last_now_ = now;
+    if (pending_ == 0) [[likely]]
+      return now;  // nothing waits (and no deadline)
+    return grant_waiting(now);
+  }
+  [[gnu::noinline]] fine_t grant_waiting(fine_t now) noexcept {
     for (;;) {
       const Pick p = pick();
       FairWaiter* x = deadlines_.empty() ? nullptr : deadlines_.top();
@@ -207,10 +216,13 @@ class FairCore {
     return try_acquire(now, *c.key_, c.costs_);
   }
   AcquireResult try_acquire(fine_t now, KeySlot& k, const Costs& c) noexcept {
-    const AcquireResult chk = check(k, c);
-    if (!chk) [[unlikely]]
-      return chk;
+    if (c.size() != n_) [[unlikely]]
+      return check(k, c);
     now = grant_due(now);
+    int taken = shared_ ? take_now<true>(now, k, c) : take_now<false>(now, k, c);
+    if (taken > 0) [[likely]]
+      return AcquireResult::acquired();
+    if (taken < 0) return check(k, c);
     std::array<fine_t, max_dimensions> iv, kiv;
     intervals(c, k, iv, kiv);
     if (grantable_now(now, k, iv, kiv)) {
@@ -222,6 +234,47 @@ class FairCore {
   }
 
   bool take_fast(fine_t now, const KeyedCosts& c) noexcept { return try_acquire(now, c).ok(); }
+
+ private:
+  // The common case in one pass: valid costs, nobody ahead, and every
+  // dimension (shared and the key's own) has the tokens now: takes them (1).
+  // 0: it does not fit now; -1: a cost is invalid (check says which).
+  template <bool Shared>
+  int take_now(fine_t now, KeySlot& k, const Costs& c) noexcept {
+    FairTier& t = tiers_[k.tier];
+    fine_t* starts = keys_.starts(k);
+    std::array<fine_t, max_dimensions> send, kend;
+    bool fits = open_.empty() && k.active == none && now >= paused_until_ && now >= floor_;
+    for (std::size_t d = 0; d < n_; ++d) {
+      const double v = c[d];
+      if constexpr (Shared) {
+        BucketStep& x = dims_[d].step;
+        if (!(v >= 0 && v <= x.limit.capacity)) [[unlikely]]
+          return -1;
+        send[d] = x.end_of(dims_[d].start, now, x.interval(v));
+        fits = fits && x.admits(send[d], now);
+      } else {
+        if (!(v >= 0 && v <= std::numeric_limits<double>::max())) [[unlikely]]
+          return -1;
+      }
+      if (t.capped[d]) {
+        BucketStep& x = t.cap[d];
+        if (!(v <= x.limit.capacity)) [[unlikely]]
+          return -1;
+        kend[d] = x.end_of(starts[d], now, x.interval(v));
+        fits = fits && x.admits(kend[d], now);
+      }
+    }
+    if (!fits) return 0;
+    for (std::size_t d = 0; d < n_; ++d) {
+      if constexpr (Shared) dims_[d].start = send[d];
+      if (t.capped[d]) starts[d] = kend[d];
+    }
+    floor_ = now;
+    return 1;
+  }
+
+ public:
 
   /// Takes at once, refuses (when the predicted wait exceeds `max_wait`), or
   /// queues `w` in its key's queue.
@@ -278,6 +331,7 @@ class FairCore {
 
   fine_t next_wake() noexcept {
     if (!ready_.empty() || !finished_.empty()) return last_now_;
+    if (pending_ == 0) return fine_max;
     fine_t want = pick().at;
     if (!deadlines_.empty()) want = std::min(want, ceil_ns(deadlines_.top()->deadline + 1) * fine_per_ns);
     return want;
@@ -438,8 +492,8 @@ class FairCore {
     fine_t at = fine_max;
   };
 
-  fine_t& ks(const KeySlot& k, std::size_t d) noexcept { return kstart_[k.id * n_ + d]; }
-  fine_t ks(const KeySlot& k, std::size_t d) const noexcept { return kstart_[k.id * n_ + d]; }
+  fine_t& ks(const KeySlot& k, std::size_t d) noexcept { return keys_.starts(k)[d]; }
+  fine_t ks(const KeySlot& k, std::size_t d) const noexcept { return keys_.starts(k)[d]; }
 
   void intervals(const Costs& c, const KeySlot& k, std::array<fine_t, max_dimensions>& iv,
                  std::array<fine_t, max_dimensions>& kiv) noexcept {
@@ -695,9 +749,7 @@ class FairCore {
   bool shared_;  // false: keys' own limits only
   bool fair_;
   std::vector<FairTier> tiers_;
-  std::deque<KeySlot> slots_;
-  std::vector<fine_t> kstart_;  // slot id * n + d: a key's paid-up-to instants
-  std::vector<std::uint32_t> free_;
+  KeyRecords keys_;  // every key's record
   std::deque<Active> records_;  // queue records of keys with waiters (and free ones)
   std::uint32_t free_record_ = none;
   PosHeap<Active, ByTag> open_;                   // keys whose head waits on the shared set
