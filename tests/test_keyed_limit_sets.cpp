@@ -106,13 +106,14 @@ TEST_CASE("KeyedLimitSets: acquire_for refuses at once; permits settle per dimen
   CHECK(refused.status() == Status::not_now);
   CHECK(refused.retry_after() == std::chrono::milliseconds(500));
   std::vector<AcquireResult> got;
-  auto t = [&]() -> Task {
+  auto body = [&]() -> Task {  // named: a coroutine lambda's captures live in the lambda object
     const Costs one{1, 0, 0};
     got.push_back(co_await r.keys.acquire_for("alice", one, std::chrono::milliseconds(400)));
     tollgate::Permit<tollgate::KeyedCosts> q = co_await r.keys.acquire_permit("alice", one, std::chrono::seconds(1));
     got.push_back(q.result());
     q.release();
-  }();
+  };
+  Task t = body();
   REQUIRE(got.size() == 1);
   CHECK(got[0].status() == Status::not_now);  // 500 ms > 400 ms: refused at once
   r.clock.advance(std::chrono::milliseconds(500));
