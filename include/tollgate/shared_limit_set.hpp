@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <mutex>
@@ -13,6 +14,8 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -295,8 +298,31 @@ class SharedLimitSet : public detail::WaitingBucket<detail::FairCore, Clock, Mut
   }
   template <class K>
   detail::KeySlot* find(std::size_t h, const K& key) noexcept {
-    const std::int64_t id = table_.find(h, key, [this](std::uint32_t i) -> const Key& { return key_at(i); }, KeyEqual{});
+    const std::int64_t id = table_.find(
+        h, key, [this](std::uint32_t i) -> const Key& { return key_at(i); },
+        [](const Key& stored, const K& k) noexcept { return equal(stored, k); });
     return id < 0 ? nullptr : &core_.slot(static_cast<std::uint32_t>(id));
+  }
+  // KeyEqual; for string keys compared with std::equal_to<>, short keys (up
+  // to 16 bytes, most API keys' prefixes) are compared inline, without a call.
+  template <class K>
+  static bool equal(const Key& stored, const K& key) noexcept {
+    if constexpr (std::is_same_v<Key, std::string> && std::is_same_v<KeyEqual, std::equal_to<>> &&
+                  std::is_convertible_v<const K&, std::string_view>) {
+      const std::string_view a(stored), b(key);
+      if (a.size() != b.size()) return false;
+      if (a.size() >= 8 && a.size() <= 16) {
+        std::uint64_t x[2], y[2];
+        std::memcpy(&x[0], a.data(), 8);
+        std::memcpy(&y[0], b.data(), 8);
+        std::memcpy(&x[1], a.data() + a.size() - 8, 8);
+        std::memcpy(&y[1], b.data() + b.size() - 8, 8);
+        return ((x[0] ^ y[0]) | (x[1] ^ y[1])) == 0;
+      }
+      return a == b;
+    } else {
+      return KeyEqual{}(stored, key);
+    }
   }
 
   template <class K>
@@ -403,9 +429,15 @@ class SharedLimitSet : public detail::WaitingBucket<detail::FairCore, Clock, Mut
   // With the lock held: the key's slot, created if new; null at the cap
   // (under OverflowPolicy::reject). `now` of -fine_max: read the clock if needed.
   template <class K>
-  detail::KeySlot* find_or_insert(std::size_t h, const K& key, fine_t now) {
+  [[gnu::always_inline]] detail::KeySlot* find_or_insert(std::size_t h, const K& key, fine_t now) {
     if (detail::KeySlot* k = find(h, key)) [[likely]]
       return k;
+    return insert(h, key, now);
+  }
+
+  // The key is new: evicts a little, then inserts it (or refuses it at the cap).
+  template <class K>
+  [[gnu::noinline]] detail::KeySlot* insert(std::size_t h, const K& key, fine_t now) {
     if (now == -detail::fine_max) now = rel(clock_.now());
     sweep_locked(now, options_.sweep_per_insert);
     if (count_ >= options_.max_keys && sweep_locked(now, 16) == 0)

@@ -30,6 +30,7 @@ namespace tga = tollgate::asio;
 #endif
 
 #include <tollgate/limit_set.hpp>
+#include <tollgate/keyed_limit_sets.hpp>
 #include <tollgate/shared_limit_set.hpp>
 #include <tollgate/testing/manual_clock.hpp>
 #include <tollgate/testing/manual_scheduler.hpp>
@@ -200,6 +201,25 @@ TEST_CASE("SharedLimitSet: async_acquire on keyed costs, in weighted fair order,
                                       {1, 3'000'000'000, Status::acquired},
                                       {2, 4'000'000'000, Status::acquired}});
   CHECK(set.waiters() == 0);
+}
+
+TEST_CASE("KeyedLimitSets: async_acquire on a key's shard, FIFO within the key, other keys unaffected") {
+  Rig rig;
+  using Keyed = tollgate::KeyedLimitSets<std::string, ManualClock>;
+  Keyed::Options o;
+  o.tiers = {{"t", 1, {{"requests", Limit{1, 1}}}}};
+  Keyed keys({"requests", "tokens"}, o, rig.clock, &rig.sched);
+  for (int i = 0; i < 3; ++i)
+    tga::async_acquire(keys.set_for("alice"), keys.keyed("alice", {1, 10}), rig.recorder(i));
+  tga::async_acquire(keys.set_for("bob"), keys.keyed("bob", {1, 10}), rig.recorder(10));
+  poll(rig.io);
+  CHECK(rig.done == std::vector<Done>{{0, 0, Status::acquired}, {10, 0, Status::acquired}});
+  rig.advance(std::chrono::seconds(1));
+  rig.advance(std::chrono::seconds(1));
+  CHECK(rig.done == std::vector<Done>{{0, 0, Status::acquired},
+                                      {10, 0, Status::acquired},
+                                      {1, 1'000'000'000, Status::acquired},
+                                      {2, 2'000'000'000, Status::acquired}});
 }
 
 TEST_CASE("the || of awaitable operators cancels the loser exactly") {

@@ -244,7 +244,9 @@ class FairCore {
     FairTier& t = tiers_[k.tier];
     fine_t* starts = keys_.starts(k);
     std::array<fine_t, max_dimensions> send, kend;
-    bool fits = open_.empty() && k.active == none && now >= paused_until_ && now >= floor_;
+    // Without shared dimensions `floor_` (the latest grant) is never after
+    // `now` (the latest instant seen): one comparison less.
+    bool fits = open_.empty() && k.active == none && now >= paused_until_ && (!Shared || now >= floor_);
     for (std::size_t d = 0; d < n_; ++d) {
       const double v = c[d];
       if constexpr (Shared) {
