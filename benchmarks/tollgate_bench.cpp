@@ -383,7 +383,7 @@ void BM_FairShare_SaturatedGrant(benchmark::State& st) {
       ++count;
     }
   };
-  for (std::size_t k = 0; k < keys; ++k) tasks.push_back(client(set, "key-" + std::to_string(k), stop, grants));
+  for (std::size_t k = 0; k < keys; ++k) tasks.push_back(client(set, std::string("key-").append(std::to_string(k)), stop, grants));
   for (auto _ : st) clock.advance(std::chrono::microseconds(1));  // one grant per microsecond
   stop = true;
   clock.advance(std::chrono::seconds(1));

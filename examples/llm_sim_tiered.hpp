@@ -113,8 +113,8 @@ inline TieredResult simulate_tiered(tollgate::Sharing sharing, double duration, 
   const double weights[] = {1, 2, 4};
   std::vector<TieredKey> keys;
   keys.push_back({"pro-heavy", 1, 20.0});
-  for (int i = 0; i < 4; ++i) keys.push_back({"ent-" + std::to_string(i), 2, 4 * 1.2});
-  for (int i = 0; i < 20; ++i) keys.push_back({"free-" + std::to_string(i), 0, 0.5});
+  for (int i = 0; i < 4; ++i) keys.push_back({std::string("ent-").append(std::to_string(i)), 2, 4 * 1.2});
+  for (int i = 0; i < 20; ++i) keys.push_back({std::string("free-").append(std::to_string(i)), 0, 0.5});
   double total_weight = 0;
   for (const TieredKey& k : keys) total_weight += weights[k.tier];
   const double unit = output_tpm / 60 / total_weight;  // output tokens per second of a weight-1 share
