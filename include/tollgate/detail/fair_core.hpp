@@ -223,17 +223,21 @@ class FairCore {
     if (taken > 0) [[likely]]
       return AcquireResult::acquired();
     if (taken < 0) return check(k, c);
+    // It does not fit now (take_now has just made the same test): when would it?
     std::array<fine_t, max_dimensions> iv, kiv;
     intervals(c, k, iv, kiv);
-    if (grantable_now(now, k, iv, kiv)) {
-      take(now, k, iv, kiv);
-      return AcquireResult::acquired();
-    }
     double stag;
     return AcquireResult::not_now(to_ns_ceil(predicted(now, k, iv, kiv, stag) - now));
   }
 
-  bool take_fast(fine_t now, const KeyedCosts& c) noexcept { return try_acquire(now, c).ok(); }
+  /// Takes `c` if it fits now and nobody is ahead; false otherwise (then
+  /// `admit` decides, and reports any error). Never computes a prediction.
+  bool take_fast(fine_t now, const KeyedCosts& c) noexcept {
+    if (!c.key_ || c.costs_.size() != n_) [[unlikely]]
+      return false;
+    now = grant_due(now);
+    return (shared_ ? take_now<true>(now, *c.key_, c.costs_) : take_now<false>(now, *c.key_, c.costs_)) > 0;
+  }
 
  private:
   // The common case in one pass: valid costs, nobody ahead, and every
