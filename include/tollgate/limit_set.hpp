@@ -10,6 +10,7 @@
 #include <sstream>
 #include <stdexcept>
 #include "stop_token.hpp"
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -202,6 +203,30 @@ class LimitSet : public detail::WaitingBucket<detail::SetCore, Clock, Mutex> {
     check_index("LimitSet::limit_remaining", i);
     detail::check_amount("LimitSet::limit_remaining", "remaining", remaining);
     this->mutate([&](Core& core, fine_t t, detail::WaiterList&) { core.limit_remaining(t, i, remaining); });
+  }
+
+  /// `limit_remaining`, and holds dimension `i` there for `hold_for`: a
+  /// provider's `remaining` count taken as authoritative until its reset.
+  /// Until then grants take at most `remaining` in `i` in all, whatever its
+  /// refill would allow; from then on its refill alone counts (a hold caps,
+  /// never adds). A newer hold replaces an older one, except that one ending
+  /// at the same instant (the same window) keeps the lower count. A zero or
+  /// negative `hold_for` only lowers.
+  template <class Rep, class Period>
+  void limit_remaining(std::size_t i, double remaining, std::chrono::duration<Rep, Period> hold_for) {
+    check_index("LimitSet::limit_remaining", i);
+    detail::check_amount("LimitSet::limit_remaining", "remaining", remaining);
+    const fine_t f = std::min(Base::to_fine(hold_for), Base::kFar);
+    this->mutate([&](Core& core, fine_t t, detail::WaiterList&) { core.hold(t, i, remaining, t + f); });
+  }
+  /// When dimension `i`'s hold ends, if one holds it now.
+  std::optional<time_point> held_until(std::size_t i) {
+    check_index("LimitSet::held_until", i);
+    const fine_t t = rel(clock_.now());
+    std::lock_guard lock(mutex_);
+    const std::optional<fine_t> u = core_.held_until(t, i);
+    if (!u) return std::nullopt;
+    return Base::at(*u);
   }
 
   /// Unreserved tokens of dimension `i` now (0 while paused or while waiters are queued).

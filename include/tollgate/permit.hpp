@@ -4,14 +4,19 @@
 // of a cost type: TokenBucket's is Permit<double>; LimitSet's and
 // RedisLimitSet's are Permit<Costs>, so code that settles takes either.
 
+#include <algorithm>
+#include <array>
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <stdexcept>
 #include <type_traits>
 #include <utility>
 
 #include "costs.hpp"
 #include "result.hpp"
+#include "spin_mutex.hpp"
 
 namespace tollgate {
 
@@ -29,6 +34,19 @@ class PermitIssuer {
   /// True while an unsettled Permit refers to this bucket.
   bool has_permits() const noexcept { return permits_.load(std::memory_order_acquire) != 0; }
 
+  /// From now on, sums the estimates of this bucket's unsettled Permits:
+  /// the calls in flight (UpstreamFeedback subtracts them from a provider's
+  /// count where the provider has not charged them yet). Permits made
+  /// before are not counted. Off by default: a Permit then costs nothing more.
+  void count_in_flight() noexcept { counting_.store(true, std::memory_order_release); }
+  /// The estimates of the unsettled Permits made since `count_in_flight`,
+  /// in dimension `i` (for a single bucket, `i` = 0); 0 for a bad `i`.
+  double in_flight(std::size_t i = 0) const noexcept {
+    if (i >= sums_.size()) return 0;
+    std::lock_guard lock(in_flight_mutex_);
+    return sums_[i];
+  }
+
  protected:
   struct Settling {
     /// Throws `std::invalid_argument` unless `actual` can settle `estimate`.
@@ -43,8 +61,27 @@ class PermitIssuer {
 
  private:
   friend class Permit<Cost>;
+  static constexpr std::size_t kSums = std::is_same_v<Cost, double> ? 1 : max_dimensions;
+  // Adds `sign` times `c` to the in-flight sums.
+  void track(const Cost& c, double sign) noexcept {
+    std::lock_guard lock(in_flight_mutex_);
+    if constexpr (std::is_same_v<Cost, double>) {
+      sums_[0] += sign * c;
+    } else {
+      const Costs& v = [&]() -> const Costs& {
+        if constexpr (std::is_same_v<Cost, Costs>) return c;
+        else return c.costs();
+      }();
+      for (std::size_t i = 0; i < v.size(); ++i) sums_[i] = std::max(0.0, sums_[i] + sign * v[i]);
+    }
+    if constexpr (std::is_same_v<Cost, double>) sums_[0] = std::max(0.0, sums_[0]);
+  }
+
   const Settling* settling_;
   std::atomic<std::uint32_t> permits_{0};
+  std::atomic<bool> counting_{false};
+  mutable SpinMutex in_flight_mutex_;
+  std::array<double, kSums> sums_{};
 };
 
 }  // namespace detail
@@ -77,20 +114,28 @@ class [[nodiscard]] Permit {
   Permit(detail::PermitIssuer<Cost>& bucket, const Cost& estimate,
          AcquireResult result = AcquireResult::acquired()) noexcept
       : bucket_(result.ok() ? &bucket : nullptr), estimate_(estimate), result_(result) {
-    if (bucket_) bucket_->permits_.fetch_add(1, std::memory_order_relaxed);
+    if (!bucket_) return;
+    bucket_->permits_.fetch_add(1, std::memory_order_relaxed);
+    if (bucket_->counting_.load(std::memory_order_acquire)) {
+      bucket_->track(estimate_, 1);
+      counted_ = true;
+    }
   }
-  Permit(Permit&& o) noexcept : bucket_(std::exchange(o.bucket_, nullptr)), estimate_(o.estimate_), result_(o.result_) {}
+  Permit(Permit&& o) noexcept
+      : bucket_(std::exchange(o.bucket_, nullptr)), estimate_(o.estimate_), result_(o.result_), counted_(o.counted_) {}
   Permit& operator=(Permit&& o) noexcept {
     if (this != &o) {
-      unpin(std::exchange(bucket_, std::exchange(o.bucket_, nullptr)));
+      unpin(bucket_, estimate_, counted_);
+      bucket_ = std::exchange(o.bucket_, nullptr);
       estimate_ = o.estimate_;
       result_ = o.result_;
+      counted_ = o.counted_;
     }
     return *this;
   }
   Permit(const Permit&) = delete;
   Permit& operator=(const Permit&) = delete;
-  ~Permit() { unpin(bucket_); }
+  ~Permit() { unpin(bucket_, estimate_, counted_); }
 
   /// True when the estimate was taken.
   explicit operator bool() const noexcept { return result_.ok(); }
@@ -111,9 +156,10 @@ class [[nodiscard]] Permit {
                                           : "Permit::settle: the acquisition failed; nothing to settle");
     bucket_->settling_->check(*bucket_, estimate_, actual);
     detail::PermitIssuer<Cost>* b = std::exchange(bucket_, nullptr);
+    if (counted_) b->track(estimate_, -1);  // no longer in flight, before its usage counts
     struct Unpin {
       detail::PermitIssuer<Cost>* b;
-      ~Unpin() { unpin(b); }
+      ~Unpin() { b->permits_.fetch_sub(1, std::memory_order_release); }
     } unpin_after{b};  // the last touch of the bucket, even if settling throws
     b->settling_->settle(*b, estimate_, actual);
   }
@@ -124,8 +170,10 @@ class [[nodiscard]] Permit {
   void release() { settle(zero_like(estimate_)); }
 
  private:
-  static void unpin(detail::PermitIssuer<Cost>* b) noexcept {
-    if (b) b->permits_.fetch_sub(1, std::memory_order_release);
+  static void unpin(detail::PermitIssuer<Cost>* b, const Cost& estimate, bool counted) noexcept {
+    if (!b) return;
+    if (counted) b->track(estimate, -1);
+    b->permits_.fetch_sub(1, std::memory_order_release);
   }
   static Cost zero_like(const Cost& c) noexcept {
     if constexpr (std::is_same_v<Cost, Costs>) return Costs::zeros(c.size());
@@ -135,6 +183,7 @@ class [[nodiscard]] Permit {
   detail::PermitIssuer<Cost>* bucket_ = nullptr;
   Cost estimate_{};
   AcquireResult result_{};
+  bool counted_ = false;  // counted in the bucket's in-flight sums
 };
 
 }  // namespace tollgate

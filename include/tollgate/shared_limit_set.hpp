@@ -13,6 +13,7 @@
 #include <span>
 #include <sstream>
 #include <stdexcept>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -241,6 +242,23 @@ class SharedLimitSet : public detail::WaitingBucket<detail::FairCore, Clock, Mut
     dims_.check_index("SharedLimitSet::limit_remaining", i);
     detail::check_amount("SharedLimitSet::limit_remaining", "remaining", remaining);
     this->mutate([&](Core& core, fine_t t, detail::WaiterList&) { core.limit_remaining(t, i, remaining); });
+  }
+  /// ... and holds it there for `hold_for` (as LimitSet::limit_remaining).
+  template <class Rep, class Period>
+  void limit_remaining(std::size_t i, double remaining, std::chrono::duration<Rep, Period> hold_for) {
+    dims_.check_index("SharedLimitSet::limit_remaining", i);
+    detail::check_amount("SharedLimitSet::limit_remaining", "remaining", remaining);
+    const fine_t f = std::min(Base::to_fine(hold_for), Base::kFar);
+    this->mutate([&](Core& core, fine_t t, detail::WaiterList&) { core.hold(t, i, remaining, t + f); });
+  }
+  /// When shared dimension `i`'s hold ends, if one holds it now.
+  std::optional<time_point> held_until(std::size_t i) {
+    dims_.check_index("SharedLimitSet::held_until", i);
+    const fine_t t = rel(clock_.now());
+    std::lock_guard lock(mutex_);
+    const std::optional<fine_t> u = core_.held_until(t, i);
+    if (!u) return std::nullopt;
+    return Base::at(*u);
   }
   /// Changes shared dimension `i`'s limit (tokens settled, never created).
   void set_limit(std::size_t i, Limit limit) {

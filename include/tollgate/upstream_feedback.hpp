@@ -79,11 +79,24 @@ struct AdaptiveRate {
 /// A provider's header family: which of `UpstreamLimits`' dimensions.
 enum class HeaderFamily : std::uint8_t { requests, tokens, input_tokens, output_tokens };
 
+/// When a provider counts a call against a dimension.
+enum class Counted : std::uint8_t {
+  at_admission,  ///< when the call arrives (requests, input tokens, OpenAI's max_tokens estimate)
+  as_produced,   ///< as the answer is generated (Anthropic's output tokens): calls in flight are not in `remaining` yet
+};
+
 /// Binds a header family (OpenAI's `x-ratelimit-*-tokens`, Anthropic's
 /// `anthropic-ratelimit-input-tokens-*`, ...) to a set's dimension by name.
 struct HeaderBinding {
   HeaderFamily family;
   std::string dimension;
+  /// When the provider counts this dimension: for `as_produced`, the
+  /// estimates of the set's Permits in flight are taken off the provider's
+  /// `remaining` (it has not charged them yet).
+  Counted counted = Counted::at_admission;
+  /// The period the provider's `*-limit` header counts over (per minute for
+  /// OpenAI's and Anthropic's RPM / TPM / ITPM / OTPM).
+  std::chrono::nanoseconds limit_period = std::chrono::minutes(1);
 };
 
 /// Provider profiles: the bindings of each provider's header families.
@@ -92,11 +105,12 @@ struct HeaderBindings {
   static std::vector<HeaderBinding> openai() {
     return {{HeaderFamily::requests, "requests"}, {HeaderFamily::tokens, "tokens"}};
   }
-  /// Anthropic: requests, input tokens and output tokens, metered separately.
+  /// Anthropic: requests, input tokens and output tokens, metered
+  /// separately; output tokens are counted as they are produced.
   static std::vector<HeaderBinding> anthropic() {
     return {{HeaderFamily::requests, "requests"},
             {HeaderFamily::input_tokens, "input_tokens"},
-            {HeaderFamily::output_tokens, "output_tokens"}};
+            {HeaderFamily::output_tokens, "output_tokens", Counted::as_produced}};
   }
 };
 
@@ -108,10 +122,17 @@ struct HeaderBindings {
 /// dimension binds throws (header sync is never a silent no-op).
 ///
 /// For each answer (`on_response`):
-///  - `*-remaining` headers lower the matching dimension's unreserved tokens
-///    (never raise them);
-///  - a `*-limit` header below the configured capacity lowers that
-///    dimension's ceiling (same refill window); never above the configuration;
+///  - a `*-remaining` header lowers the matching dimension's unreserved
+///    tokens to it (never raises them) and, with its `*-reset`, holds them
+///    there until the reset (`LimitSet::limit_remaining(i, n, hold_for)`):
+///    the provider's count is authoritative until then, whether it enforces
+///    fixed windows (where the count stays until the reset) or refills
+///    continuously (where it is a lower bound). For a dimension the provider
+///    counts `as_produced`, the estimates of the set's Permits in flight are
+///    taken off first (the set counts them from construction on);
+///  - a `*-limit` header below the configured limit lowers that dimension's
+///    ceiling: rate `limit / limit_period` at most, the capacity scaled with
+///    it (the configured burst window is kept); never above the configuration;
 ///  - a rate-limit 429 or an overload (503/529) pauses the whole set, queued
 ///    waiters included, for `retry-after-ms` / `Retry-After`, else for the
 ///    exhausted dimension's reset, else for `default_pause`; capped at
@@ -125,7 +146,9 @@ struct HeaderBindings {
 ///    exhaustion (least remaining share of its limit), and of all of them
 ///    only when no header reports a remaining count below the limit;
 ///    a success grows them by at most `ramp * ceiling` per second while the
-///    provider reports headroom; an overload changes no rate;
+///    provider reports headroom, judged per dimension against the window the
+///    headers describe (the remaining share of the smaller of the `*-limit`
+///    and the dimension's capacity); an overload changes no rate;
 ///  - a quota error changes nothing and is returned for the caller to report.
 ///
 /// The set's capacities stay the ceiling's (the provider's burst); only the
@@ -160,6 +183,8 @@ class UpstreamFeedback {
     }
     bind();
     last_ramp_ = set.clock().now();
+    for (std::size_t i = 0; i < set.size(); ++i)
+      if (dims_[i].field && dims_[i].counted == Counted::as_produced) set.count_in_flight();
   }
 
   /// Feeds one answer: its HTTP status, its parsed headers, and the
@@ -170,6 +195,7 @@ class UpstreamFeedback {
     // Decide under our lock; act on the set after releasing it (the set may
     // resume waiters, whose code may call back here).
     std::array<std::optional<double>, max_dimensions> remaining{};
+    std::array<std::optional<std::chrono::nanoseconds>, max_dimensions> hold{};
     std::array<std::optional<Limit>, max_dimensions> new_limit{};
     std::optional<std::chrono::nanoseconds> pause;
     {
@@ -189,14 +215,20 @@ class UpstreamFeedback {
         Dim& d = dims_[i];
         if (!d.field) continue;
         const UpstreamDimension& u = headers.*(d.field);
-        if (u.limit && *u.limit > 0 && *u.limit < d.ceiling.capacity) {
-          const double window = d.configured.capacity / d.configured.rate;
-          d.ceiling = Limit{*u.limit, *u.limit / window};
-          d.rate = std::min(d.rate, d.ceiling.rate);
+        if (u.limit && *u.limit > 0) {
+          const double rate = *u.limit / std::chrono::duration<double>(d.limit_period).count();
+          if (rate < d.ceiling.rate) {
+            d.ceiling = Limit{d.configured.capacity * (rate / d.configured.rate), rate};
+            d.rate = std::min(d.rate, d.ceiling.rate);
+          }
         }
         if (u.remaining) {
           remaining[i] = *u.remaining;
-          const double cap = u.limit && *u.limit > 0 ? *u.limit : d.ceiling.capacity;
+          if (u.reset && *u.reset > std::chrono::nanoseconds(0)) hold[i] = *u.reset;
+          // The window the headers describe: the provider's limit, or this
+          // dimension's burst when that is smaller (a per-minute limit
+          // enforced over shorter windows reports the short window's count).
+          const double cap = std::min(u.limit && *u.limit > 0 ? *u.limit : d.ceiling.capacity, d.ceiling.capacity);
           if (*u.remaining / cap < nearest_share) {
             nearest_share = *u.remaining / cap;
             nearest = i;
@@ -241,7 +273,11 @@ class UpstreamFeedback {
     }
     for (std::size_t i = 0; i < set_.size(); ++i) {
       if (new_limit[i]) set_.set_limit(i, *new_limit[i]);
-      if (remaining[i]) set_.limit_remaining(i, *remaining[i]);
+      if (!remaining[i]) continue;
+      double left = *remaining[i];
+      if (dims_[i].counted == Counted::as_produced) left = std::max(0.0, left - set_.in_flight(i));
+      if (hold[i]) set_.limit_remaining(i, left, *hold[i]);
+      else set_.limit_remaining(i, left);
     }
     if (pause) set_.pause_for(*pause);
     return verdict;
@@ -323,7 +359,9 @@ class UpstreamFeedback {
     if (by_name)
       for (const auto& [family, name] : kFamilyNames)
         for (std::size_t i = 0; i < set_.size(); ++i)
-          if (set_.name(i) == name) bindings.push_back({family, std::string(name)});
+          if (set_.name(i) == name)
+            bindings.push_back({family, std::string(name),
+                                family == HeaderFamily::output_tokens ? Counted::as_produced : Counted::at_admission});
     if (bindings.empty())
       throw std::invalid_argument(
           "UpstreamFeedback: no dimension of the set is bound to a header family (name one \"requests\", "
@@ -340,6 +378,11 @@ class UpstreamFeedback {
           throw std::invalid_argument("UpstreamFeedback: a header family is bound to two dimensions (\"" +
                                       set_.name(j) + "\" and \"" + b.dimension + "\")");
       dims_[i].field = field_of(b.family);
+      dims_[i].counted = b.counted;
+      if (!(b.limit_period > std::chrono::nanoseconds(0)))
+        throw std::invalid_argument("UpstreamFeedback: the binding of dimension \"" + b.dimension +
+                                    "\" has a limit_period that is not positive");
+      dims_[i].limit_period = b.limit_period;
     }
   }
 
@@ -348,6 +391,8 @@ class UpstreamFeedback {
     double rate = 0;     // the adaptive rate
     double applied = 0;  // the rate last given to the set
     UpstreamDimension UpstreamLimits::*field = nullptr;
+    Counted counted = Counted::at_admission;
+    std::chrono::nanoseconds limit_period = std::chrono::minutes(1);
   };
 
   Set& set_;

@@ -42,6 +42,7 @@
 #include <cstdint>
 #include <deque>
 #include <limits>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -51,6 +52,7 @@
 #include "../result.hpp"
 #include "bucket_step.hpp"
 #include "fine_time.hpp"
+#include "hold.hpp"
 #include "key_records.hpp"
 #include "pos_heap.hpp"
 #include "set_core.hpp"
@@ -187,8 +189,11 @@ class FairCore {
   fine_t grant_due(fine_t now) noexcept {
     if (now < last_now_) now = last_now_;
     else last_now_ = now;
-    if (pending_ == 0) [[likely]]
+    if (pending_ == 0) [[likely]] {
+      if (holds_.any()) [[unlikely]]
+        holds_.expire(now);  // over by now: can delay nobody
       return now;  // nothing waits (and no deadline)
+    }
     return grant_waiting(now);
   }
   [[gnu::noinline]] fine_t grant_waiting(fine_t now) noexcept {
@@ -227,7 +232,7 @@ class FairCore {
     std::array<fine_t, max_dimensions> iv, kiv;
     intervals(c, k, iv, kiv);
     double stag;
-    return AcquireResult::not_now(to_ns_ceil(predicted(now, k, iv, kiv, stag) - now));
+    return AcquireResult::not_now(to_ns_ceil(predicted(now, k, c, iv, kiv, stag) - now));
   }
 
   /// Takes `c` if it fits now and nobody is ahead; false otherwise (then
@@ -272,6 +277,12 @@ class FairCore {
       }
     }
     if (!fits) return 0;
+    if constexpr (Shared) {
+      if (holds_.any()) [[unlikely]] {
+        if (holds_.earliest(now, c, holds_.budgets()) != now) return 0;
+        holds_.spend(now, c);
+      }
+    }
     for (std::size_t d = 0; d < n_; ++d) {
       if constexpr (Shared) dims_[d].start = send[d];
       if (t.capped[d]) starts[d] = kend[d];
@@ -291,11 +302,11 @@ class FairCore {
     now = grant_due(now);
     KeySlot& k = *w.request.key_;
     intervals(w.request.costs_, k, w.iv, w.kiv);
-    if (grantable_now(now, k, w.iv, w.kiv)) {
-      take(now, k, w.iv, w.kiv);
+    if (grantable_now(now, k, w.request.costs_, w.iv, w.kiv)) {
+      take(now, k, w.request.costs_, w.iv, w.kiv);
       return {AcquireResult::acquired()};
     }
-    const fine_t due = predicted(now, k, w.iv, w.kiv, w.stag);
+    const fine_t due = predicted(now, k, w.request.costs_, w.iv, w.kiv, w.stag);
     if (due - now > max_wait) return {AcquireResult::not_now(to_ns_ceil(due - now))};
     if (due > horizon_) return {AcquireResult::failed(Status::invalid, Reason::wait_overflows_clock)};
     w.deadline = max_wait >= fine_max - now ? fine_max : now + max_wait;
@@ -375,6 +386,7 @@ class FairCore {
     for (std::size_t d = 0; d < n_; ++d) {
       if (a[d] > e[d]) {
         dims_[d].start = shared_end[d];
+        if (shared_) holds_.charge(now, d, a[d] - e[d]);
         if (k) ks(*k, d) = key_end[d];
       } else if (a[d] < e[d]) {
         const double back = e[d] - a[d];
@@ -403,13 +415,23 @@ class FairCore {
     x.start = x.step.lowered(x.start, now, remaining);
     floor_ = std::max(floor_, now);
   }
+  /// ... and holds it there until `until` (see Holds).
+  void hold(fine_t now, std::size_t d, double remaining, fine_t until) noexcept {
+    limit_remaining(now, d, remaining);
+    holds_.hold(now, d, remaining, ceil_ns(until) * fine_per_ns);
+  }
+  std::optional<fine_t> held_until(fine_t now, std::size_t d) noexcept {
+    now = grant_due(now);
+    if (!holds_.held(now, d)) return std::nullopt;
+    return holds_.until(d);
+  }
 
   /// Unreserved tokens of shared dimension d (0 while paused or while waiters are queued).
   double available(fine_t now, std::size_t d) noexcept {
     now = grant_due(now);
     if (!shared_) return std::numeric_limits<double>::infinity();
     if (now < paused_until_ || pending_ != 0) return 0;
-    return dims_[d].step.tokens(dims_[d].start, now);
+    return holds_.cap(now, d, dims_[d].step.tokens(dims_[d].start, now));
   }
 
   /// Changes shared dimension d's limit (tokens settled first, never
@@ -512,7 +534,7 @@ class FairCore {
 
   // Nobody waits, nothing is paused, and the shared set and the key have the
   // cost now (within the rounding allowance of the costs `intervals` cached).
-  bool grantable_now(fine_t now, const KeySlot& k, const std::array<fine_t, max_dimensions>& iv,
+  bool grantable_now(fine_t now, const KeySlot& k, const Costs& c, const std::array<fine_t, max_dimensions>& iv,
                      const std::array<fine_t, max_dimensions>& kiv) const noexcept {
     // Nobody ahead: no key waiting on the shared set, none of its own waiting.
     if (!open_.empty() || k.active != none || now < paused_until_ || now < floor_) return false;
@@ -521,13 +543,14 @@ class FairCore {
       if (shared_ && !dims_[d].step.admits(dims_[d].step.end_of(dims_[d].start, now, iv[d]), now)) return false;
       if (t.capped[d] && !t.cap[d].admits(t.cap[d].end_of(ks(k, d), now, kiv[d]), now)) return false;
     }
-    return true;
+    return !holds_.any() || holds_.earliest(now, c, holds_.budgets()) == now;
   }
 
   // Pays for a grant at `g` in the shared set and in the key.
-  void take(fine_t g, KeySlot& k, const std::array<fine_t, max_dimensions>& iv,
+  void take(fine_t g, KeySlot& k, const Costs& c, const std::array<fine_t, max_dimensions>& iv,
             const std::array<fine_t, max_dimensions>& kiv) noexcept {
     const FairTier& t = tiers_[k.tier];
+    if (holds_.any()) holds_.spend(g, c);
     for (std::size_t d = 0; d < n_; ++d) {
       if (shared_) dims_[d].start = dims_[d].step.end_of(dims_[d].start, g, iv[d]);
       if (t.capped[d]) ks(k, d) = t.cap[d].end_of(ks(k, d), g, kiv[d]);
@@ -556,6 +579,7 @@ class FairCore {
     fine_t r = std::max(floor_, paused_until_);
     if (shared_)
       for (std::size_t d = 0; d < n_; ++d) r = std::max(r, dims_[d].start + h.iv[d]);
+    if (holds_.any()) r = holds_.earliest(r, h.request.costs_, holds_.budgets());
     return r;
   }
 
@@ -621,7 +645,7 @@ class FairCore {
 
   // A waiter is granted at `g`: pays, leaves its key's queue for `ready_`.
   void grant(FairWaiter& w, fine_t g) noexcept {
-    take(g, *w.request.key_, w.iv, w.kiv);
+    take(g, *w.request.key_, w.request.costs_, w.iv, w.kiv);
     if (w.stag > vtime_) vtime_ = w.stag;
     unqueue(w, true);
     w.place = WaiterPlace::ready;
@@ -633,7 +657,8 @@ class FairCore {
   // if nothing else arrived, counting ahead of it the waiters with a smaller
   // tag of every key whose head waits on the shared set (a key waiting on its
   // own limits is passed over, so its waiters are not counted); sets its tag.
-  fine_t predicted(fine_t now, const KeySlot& k, const std::array<fine_t, max_dimensions>& iv,
+  // A hold the newcomer overruns already delays it (waiters ahead only spend more of it).
+  fine_t predicted(fine_t now, const KeySlot& k, const Costs& c, const std::array<fine_t, max_dimensions>& iv,
                    const std::array<fine_t, max_dimensions>& kiv, double& stag) const noexcept {
     stag = fair_ ? std::max(vtime_, k.finish) : 0;
     std::array<fine_t, max_dimensions> ahead{};
@@ -650,6 +675,7 @@ class FairCore {
       const fine_t queued = k.active != none ? records_[k.active].ktotal[d] : 0;
       g = std::max(g, t.cap[d].end_of(ks(k, d), now, queued + kiv[d]));
     }
+    if (holds_.any()) g = holds_.earliest(g, c, holds_.budgets());
     return ceil_ns(g) * fine_per_ns;
   }
 
@@ -753,6 +779,7 @@ class FairCore {
   std::array<Dim, max_dimensions> dims_{};
   std::size_t n_;
   bool shared_;  // false: keys' own limits only
+  Holds holds_;  // shared dimensions held at a provider's remaining count
   bool fair_;
   std::vector<FairTier> tiers_;
   KeyRecords keys_;  // every key's record

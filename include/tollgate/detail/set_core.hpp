@@ -35,6 +35,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <sstream>
 #include <stdexcept>
@@ -45,6 +46,7 @@
 #include "../result.hpp"
 #include "bucket_step.hpp"
 #include "fine_time.hpp"
+#include "hold.hpp"
 #include "waiter.hpp"
 
 namespace tollgate::detail {
@@ -105,11 +107,14 @@ class SetCore {
     else last_now_ = now;
     if (now < paused_until_) return now;
     while (auto* w = head()) {
-      const fine_t g = due(floor_, starts_view(), w->iv);
+      const fine_t g = due(floor_, starts_view(), w->iv, w->costs, holds_.budgets());
       if (g > now) break;
-      grant(g, w->iv);
+      grant(g, w->iv, w->costs);
       q_.grant(*w);
     }
+    // A hold over by now can delay nobody (grants are never before now
+    // again once nobody is queued).
+    if (holds_.any() && q_.pending.empty()) holds_.expire(now);
     return now;
   }
 
@@ -121,11 +126,11 @@ class SetCore {
     now = grant_due(now);
     std::array<fine_t, max_dimensions> iv;
     intervals(c, iv);
-    if (grantable_now(now, iv)) {
-      commit_now(now, iv);
+    if (grantable_now(now, iv, c)) {
+      commit_now(now, iv, c);
       return AcquireResult::acquired();
     }
-    return AcquireResult::not_now(to_ns_ceil(newcomer_due(now, iv) - now));
+    return AcquireResult::not_now(to_ns_ceil(newcomer_due(now, iv, c) - now));
   }
 
   /// Takes `c` if try_acquire would; false otherwise (then admit decides).
@@ -138,22 +143,24 @@ class SetCore {
       return {chk};
     now = grant_due(now);
     intervals(w.costs, w.iv);
-    if (grantable_now(now, w.iv)) {
-      commit_now(now, w.iv);
+    if (grantable_now(now, w.iv, w.costs)) {
+      commit_now(now, w.iv, w.costs);
       return {AcquireResult::acquired()};
     }
-    const fine_t g = newcomer_due(now, w.iv);
+    const fine_t g = newcomer_due(now, w.iv, w.costs);
     if (g - now > max_wait) return {AcquireResult::not_now(to_ns_ceil(g - now))};
     if (g > horizon_) return {AcquireResult::failed(Status::invalid, Reason::wait_overflows_clock)};
     w.deadline = max_wait >= fine_max - now ? fine_max : now + max_wait;
     if (q_.pending.empty()) {  // the prediction is just the current state
       tail_end_ = starts();
+      tail_budget_ = holds_.budgets();
       stale_ = false;
     }
     const bool fresh = !stale_;
     q_.enqueue(w);
     if (fresh) {  // extend the tail prediction by this waiter
       advance(g, tail_end_, w.iv);
+      holds_.spend(g, w.costs, tail_budget_);
       tail_due_ = g;
     }
     return {AcquireResult::acquired(), true, g};
@@ -178,7 +185,7 @@ class SetCore {
 
   fine_t next_wake() const noexcept {
     if (q_.has_done()) return last_now_;
-    if (const auto* w = head()) return due(floor_, starts_view(), w->iv);
+    if (const auto* w = head()) return due(floor_, starts_view(), w->iv, w->costs, holds_.budgets());
     return fine_max;
   }
 
@@ -224,8 +231,10 @@ class SetCore {
     }
     for (std::size_t d = 0; d < n_; ++d) {
       Dim& x = dims_[d];
-      if (actual[d] > estimate[d]) x.start = end[d];
-      else if (actual[d] < estimate[d]) refund_dim(now, d, estimate[d] - actual[d]);
+      if (actual[d] > estimate[d]) {
+        x.start = end[d];
+        holds_.charge(now, d, actual[d] - estimate[d]);
+      } else if (actual[d] < estimate[d]) refund_dim(now, d, estimate[d] - actual[d]);
     }
     changed(now, later);
     return true;
@@ -246,12 +255,29 @@ class SetCore {
     changed(now, true);
   }
 
+  /// Lowers dimension d's unreserved tokens to at most `remaining` and holds
+  /// them there until `until` (see Holds): grants before `until` take at
+  /// most `remaining` in d, whatever its refill; then its refill counts.
+  void hold(fine_t now, std::size_t d, double remaining, fine_t until) noexcept {
+    now = grant_due(now);
+    Dim& x = dims_[d];
+    x.start = x.step.lowered(x.start, now, remaining);
+    holds_.hold(now, d, remaining, ceil_ns(until) * fine_per_ns);
+    changed(now, true);
+  }
+  /// The instant dimension d's hold ends, if one holds it at `now`.
+  std::optional<fine_t> held_until(fine_t now, std::size_t d) noexcept {
+    now = grant_due(now);
+    if (!holds_.held(now, d)) return std::nullopt;
+    return holds_.until(d);
+  }
+
   /// Unreserved tokens of dimension d at `now` (0 while paused or while
   /// waiters are queued: a try_acquire could take nothing then).
   double available(fine_t now, std::size_t d) noexcept {
     now = grant_due(now);
     if (now < paused_until_ || !q_.pending.empty()) return 0;
-    return dims_[d].step.tokens(dims_[d].start, now);
+    return holds_.cap(now, d, dims_[d].step.tokens(dims_[d].start, now));
   }
 
   /// Settles dimension d's tokens under its old limit, applies `limit`, then
@@ -293,11 +319,11 @@ class SetCore {
   // True when a newcomer whose refill times `intervals` just computed can be
   // granted at `now`: nobody queued, no pause, and every dimension has the
   // tokens, within its rounding allowance.
-  bool grantable_now(fine_t now, const std::array<fine_t, max_dimensions>& iv) const noexcept {
+  bool grantable_now(fine_t now, const std::array<fine_t, max_dimensions>& iv, const Costs& c) const noexcept {
     if (!q_.pending.empty() || now < paused_until_ || now < floor_) return false;
     for (std::size_t d = 0; d < n_; ++d)
       if (!dims_[d].step.admits(dims_[d].start + iv[d], now)) return false;
-    return true;
+    return !holds_.any() || holds_.earliest(now, c, holds_.budgets()) == now;
   }
 
   SetWaiter* head() const noexcept { return static_cast<SetWaiter*>(q_.pending.front()); }
@@ -318,10 +344,12 @@ class SetCore {
   // nanosecond, the instant a nanosecond clock can complete it at, so that
   // the loss of tokens a full dimension cannot hold is counted at the instant
   // the grant is seen (conformance holds at the observed completion instants).
+  // A hold `c` overruns (with the budgets `b` left) delays it to the hold's end.
   template <class Ends, class Iv>
-  fine_t due(fine_t prev, const Ends& e, const Iv& iv) const noexcept {
+  fine_t due(fine_t prev, const Ends& e, const Iv& iv, const Costs& c, const Budgets& b) const noexcept {
     fine_t g = std::max(prev, paused_until_);
     for (std::size_t d = 0; d < n_; ++d) g = std::max(g, e[d] + iv[d]);
+    if (holds_.any()) g = holds_.earliest(g, c, b);
     return ceil_ns(g) * fine_per_ns;
   }
   // Pays for `iv` in every dimension at grant instant `g` (tokens a
@@ -332,24 +360,26 @@ class SetCore {
 
   // The same on the dimensions themselves: a grant at `g` (never before the
   // latest instant seen, so `floor_` simply becomes `g`).
-  void grant(fine_t g, const std::array<fine_t, max_dimensions>& iv) noexcept {
+  void grant(fine_t g, const std::array<fine_t, max_dimensions>& iv, const Costs& c) noexcept {
     for (std::size_t d = 0; d < n_; ++d) dims_[d].start = dims_[d].step.end_of(dims_[d].start, g, iv[d]);
+    if (holds_.any()) holds_.spend(g, c);
     floor_ = g;
   }
 
   // A grant at `now` with nobody queued: the tail prediction is the new state.
-  void commit_now(fine_t now, const std::array<fine_t, max_dimensions>& iv) noexcept {
-    grant(now, iv);
+  void commit_now(fine_t now, const std::array<fine_t, max_dimensions>& iv, const Costs& c) noexcept {
+    grant(now, iv, c);
     tail_end_ = starts();
+    tail_budget_ = holds_.budgets();
     tail_due_ = floor_;
   }
 
   // When a newcomer with refill times `iv` would be granted: after the tail
   // of the queue (or now, if nobody waits).
-  fine_t newcomer_due(fine_t now, const std::array<fine_t, max_dimensions>& iv) noexcept {
-    if (q_.pending.empty()) return due(std::max(floor_, now), starts_view(), iv);
+  fine_t newcomer_due(fine_t now, const std::array<fine_t, max_dimensions>& iv, const Costs& c) noexcept {
+    if (q_.pending.empty()) return due(std::max(floor_, now), starts_view(), iv, c, holds_.budgets());
     refresh_tail();
-    return due(std::max(tail_due_, now), tail_end_, iv);
+    return due(std::max(tail_due_, now), tail_end_, iv, c, tail_budget_);
   }
 
   // Waiters the re-timing finishes (timed out) are kept for take_ready:
@@ -389,6 +419,7 @@ class SetCore {
   void retime(std::size_t changed_dim, WaiterList& finished) noexcept {
     fine_t g = floor_;
     std::array<fine_t, max_dimensions> e = starts();
+    Budgets b = holds_.budgets();
     for (Waiter* p = q_.pending.front(); p;) {
       auto& w = static_cast<SetWaiter&>(*p);
       p = p->next;
@@ -400,16 +431,18 @@ class SetCore {
         }
         w.iv[d] = dims_[d].step.interval(w.costs[d]);
       }
-      const fine_t due_w = due(g, e, w.iv);
+      const fine_t due_w = due(g, e, w.iv, w.costs, b);
       if (due_w > w.deadline || due_w > horizon_) {
         drop(w, Status::timed_out, Reason::deadline_after_reconfiguration, no_dimension, 0, finished);
         continue;
       }
       g = due_w;
       advance(g, e, w.iv);
+      holds_.spend(g, w.costs, b);
     }
     tail_due_ = g;
     tail_end_ = e;
+    tail_budget_ = b;
     stale_ = false;
   }
 
@@ -429,7 +462,9 @@ class SetCore {
   // paid-up-to instants after it. Valid unless `stale_`.
   fine_t tail_due_ = -fine_max;
   std::array<fine_t, max_dimensions> tail_end_{};
+  Budgets tail_budget_{};  // ... and the holds' budgets after it
   bool stale_ = false;
+  Holds holds_;
   WaiterQueue q_;
 };
 
