@@ -192,3 +192,33 @@ TEST_CASE("feedback: a limit header counts per minute; growth is judged against 
   CHECK(fb.ceiling(0) == Limit{700, 700});  // the same one-second burst window at the provider's rate
   CHECK(set.limit(0) == Limit{700, 700});
 }
+
+TEST_CASE("feedback: answers that fit a continuous bucket stop holding; one that does not holds again",
+          "[hold][feedback]") {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  Set set({{"tokens", Limit::per_minute(60'000)}}, clock, &sched);
+  tollgate::UpstreamFeedback<ManualClock> fb(set);
+  auto answer = [&](int remaining, const char* reset) {
+    fb.on_response(200, headers({{"x-ratelimit-limit-tokens", "60000"},
+                                 {"x-ratelimit-remaining-tokens", std::to_string(remaining)},
+                                 {"x-ratelimit-reset-tokens", reset}}));
+  };
+  CHECK(fb.refill(0) == tollgate::Refill::unknown);
+  answer(30'000, "30s");  // full at its reset at 1,000 per second: fits a bucket, but not shown yet
+  CHECK(set.held_until(0) == clock.now() + 30s);
+  clock.advance(3s);
+  answer(33'000, "27s");
+  CHECK(fb.refill(0) == tollgate::Refill::unknown);
+  clock.advance(3s);
+  answer(36'000, "24s");  // a tenth of the minute of answers that fit: a continuous bucket
+  CHECK(fb.refill(0) == tollgate::Refill::continuous);
+  CHECK(!set.held_until(0));
+  clock.advance(2s);
+  CHECK(set.available(0) == 38'000);  // lowered to 36,000, then refilled: not held
+  answer(1'000, "10s");  // 11,000 at its reset: a window ending, not a bucket
+  CHECK(fb.refill(0) == tollgate::Refill::windowed);
+  CHECK(set.held_until(0) == clock.now() + 10s);
+  clock.advance(5s);
+  CHECK(set.available(0) == 1'000);
+}

@@ -211,7 +211,7 @@ class LimitSet : public detail::WaitingBucket<detail::SetCore, Clock, Mutex> {
   /// refill would allow; from then on its refill alone counts (a hold caps,
   /// never adds). A newer hold replaces an older one, except that one ending
   /// at the same instant (the same window) keeps the lower count. A zero or
-  /// negative `hold_for` only lowers.
+  /// negative `hold_for` lowers and ends any hold.
   template <class Rep, class Period>
   void limit_remaining(std::size_t i, double remaining, std::chrono::duration<Rep, Period> hold_for) {
     check_index("LimitSet::limit_remaining", i);

@@ -79,6 +79,13 @@ struct AdaptiveRate {
 /// A provider's header family: which of `UpstreamLimits`' dimensions.
 enum class HeaderFamily : std::uint8_t { requests, tokens, input_tokens, output_tokens };
 
+/// How a provider refills a dimension, as its rate headers show it.
+enum class Refill : std::uint8_t {
+  unknown,     ///< not shown yet: a remaining count is held until its reset (safe for both)
+  windowed,    ///< fixed windows: a remaining count stays until the reset
+  continuous,  ///< a bucket refilling continuously (full at its reset): a count is a level, not held
+};
+
 /// When a provider counts a call against a dimension.
 enum class Counted : std::uint8_t {
   at_admission,  ///< when the call arrives (requests, input tokens, OpenAI's max_tokens estimate)
@@ -127,7 +134,11 @@ struct HeaderBindings {
 ///    there until the reset (`LimitSet::limit_remaining(i, n, hold_for)`):
 ///    the provider's count is authoritative until then, whether it enforces
 ///    fixed windows (where the count stays until the reset) or refills
-///    continuously (where it is a lower bound). For a dimension the provider
+///    continuously (where it is a lower bound). Once a dimension's answers
+///    have all fitted a continuous bucket of its limit (full at each reset)
+///    for a tenth of the limit period, its counts only lower it (`refill(i)`
+///    is then `Refill::continuous`); one answer that does not makes it
+///    `windowed` again. For a dimension the provider
 ///    counts `as_produced`, the estimates of the set's Permits in flight are
 ///    taken off first (the set counts them from construction on);
 ///  - a `*-limit` header below the configured limit lowers that dimension's
@@ -224,7 +235,11 @@ class UpstreamFeedback {
         }
         if (u.remaining) {
           remaining[i] = *u.remaining;
-          if (u.reset && *u.reset > std::chrono::nanoseconds(0)) hold[i] = *u.reset;
+          if (u.reset) {
+            // Held until the reset unless the headers have shown a continuous bucket.
+            if (learn_refill(d, now, *u.remaining, *u.reset, u.limit) != Refill::continuous) hold[i] = *u.reset;
+            else hold[i] = std::chrono::nanoseconds(0);  // lowered only; ends any hold
+          }
           // The window the headers describe: the provider's limit, or this
           // dimension's burst when that is smaller (a per-minute limit
           // enforced over shorter windows reports the short window's count).
@@ -330,6 +345,11 @@ class UpstreamFeedback {
     std::lock_guard lock(mutex_);
     return dims_.at(i).rate;
   }
+  /// How dimension `i`'s provider refills, as its headers have shown so far.
+  Refill refill(std::size_t i) const {
+    std::lock_guard lock(mutex_);
+    return dims_.at(i).refill;
+  }
   /// The ceiling of dimension `i`: its configured limit, or less if the provider said so.
   Limit ceiling(std::size_t i) const {
     std::lock_guard lock(mutex_);
@@ -386,8 +406,36 @@ class UpstreamFeedback {
     }
   }
 
+  // A continuous bucket of limit L per period P is full at its reset:
+  // remaining + reset * L / P = L, on every answer. A fixed window is full at
+  // its reset whatever it had left, so its answers fall short (except around
+  // one instant per window). Answers that all fit a bucket for a tenth of the
+  // period show a continuous provider; one that falls short, a windowed one.
+  template <class TimePoint>
+  Refill learn_refill(auto& d, TimePoint now, double remaining, std::chrono::nanoseconds reset,
+                      std::optional<double> limit) {
+    const double period = std::chrono::duration<double>(d.limit_period).count();
+    const double full = limit && *limit > 0 ? *limit : d.ceiling.rate * period;
+    const double rate = full / period;
+    const double at_reset = remaining + rate * std::chrono::duration<double>(reset).count();
+    // Resets come rounded up to the second (RFC 3339) or the millisecond.
+    if (at_reset < full * 0.99 - rate) {
+      d.refill = Refill::windowed;
+      d.consistent = false;
+    } else if (!d.consistent) {
+      d.consistent = true;
+      d.consistent_since = now;
+    } else if (now - d.consistent_since >= d.limit_period / 10) {
+      d.refill = Refill::continuous;
+    }
+    return d.refill;
+  }
+
   struct Dim {
     Limit configured, ceiling, applied_ceiling;
+    Refill refill = Refill::unknown;
+    bool consistent = false;  // every answer since `consistent_since` fits a continuous bucket
+    typename Clock::time_point consistent_since{};
     double rate = 0;     // the adaptive rate
     double applied = 0;  // the rate last given to the set
     UpstreamDimension UpstreamLimits::*field = nullptr;

@@ -57,8 +57,12 @@ class Holds {
   /// the same instant (the same window of a windowed provider: its count can
   /// only fall), within the precision of a reset header (1 ms, or 1% of the
   /// time left), keeps the lower budget; any other replaces it, being newer.
+  /// An `until` not after `now` ends dimension d's hold.
   void hold(fine_t now, std::size_t d, double remaining, fine_t until) noexcept {
-    if (until <= now) return;
+    if (until <= now) {
+      mask_ &= ~(std::uint32_t{1} << d);
+      return;
+    }
     if (held(now, d)) {
       const fine_t gap = until > until_[d] ? until - until_[d] : until_[d] - until;
       if (gap <= std::max<fine_t>(fine_from_ns(1'000'000), (until_[d] - now) / 100))
