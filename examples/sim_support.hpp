@@ -8,6 +8,7 @@
 #include <coroutine>
 #include <cstdint>
 #include <exception>
+#include <optional>
 #include <queue>
 #include <vector>
 
@@ -41,8 +42,15 @@ class Sim {
 
   // Runs every event, advancing the manual clock (which fires the buckets'
   // timers at their instants) to each event's time.
+  // With no event left, the limiters' own timers (waiters due later) still run.
   void run() {
-    while (!events_.empty()) {
+    for (;;) {
+      if (events_.empty()) {
+        const std::optional<ManualClock::time_point> due = sched.next_due();
+        if (!due) return;
+        clock.advance_to(std::max(*due, clock.now()));
+        continue;
+      }
       Event e = events_.top();
       events_.pop();
       const auto target = ManualClock::time_point(std::chrono::nanoseconds(std::llround(e.t * 1e9)));

@@ -222,3 +222,28 @@ TEST_CASE("feedback: answers that fit a continuous bucket stop holding; one that
   clock.advance(5s);
   CHECK(set.available(0) == 1'000);
 }
+
+TEST_CASE("hold: a windowed provider's next window releases at most what a window allowed", "[hold]") {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  Set set({{"tokens", Limit{1000, 1000}}}, clock, &sched);  // a 1 s window's worth, configured
+  // The provider's window holds 400 for us (another client takes the rest):
+  // 400 left at first, then 100 after 300 granted, until the reset in 1 s;
+  // its windows are 1 s long.
+  set.limit_remaining(0, 400, 1s, 1s);
+  CHECK(set.try_acquire({300}).ok());
+  set.limit_remaining(0, 100, 1s, 1s);  // 100 + the 300 granted: a window holds 400
+  int granted = 0;
+  auto waiter = [&]() -> Task {
+    const Costs c{100};
+    if ((co_await set.acquire(c)).ok()) ++granted;
+  };
+  std::vector<Task> tasks;
+  for (int i = 0; i < 10; ++i) tasks.push_back(waiter());
+  CHECK(granted == 1);
+  clock.advance(1s);  // the reset: 1,000 refilled locally, but the window allowed 400
+  CHECK(granted == 5);
+  CHECK(set.held_until(0) == clock.now() + 1s);
+  clock.advance(1s);  // the hold is over: the refill alone
+  CHECK(granted == 10);
+}

@@ -212,12 +212,20 @@ class LimitSet : public detail::WaitingBucket<detail::SetCore, Clock, Mutex> {
   /// never adds). A newer hold replaces an older one, except that one ending
   /// at the same instant (the same window) keeps the lower count. A zero or
   /// negative `hold_for` lowers and ends any hold.
+  ///
+  /// A windowed provider: with `window` > 0 (its windows' length), the hold
+  /// goes on from its end for one more window at what a window was learned
+  /// to hold (the least of each count plus what was granted in its window
+  /// before it), so that the reset releases at most a window's worth, not
+  /// all the refill gathered meanwhile; the first count there takes over.
   template <class Rep, class Period>
-  void limit_remaining(std::size_t i, double remaining, std::chrono::duration<Rep, Period> hold_for) {
+  void limit_remaining(std::size_t i, double remaining, std::chrono::duration<Rep, Period> hold_for,
+                       std::chrono::nanoseconds window = {}) {
     check_index("LimitSet::limit_remaining", i);
     detail::check_amount("LimitSet::limit_remaining", "remaining", remaining);
     const fine_t f = std::min(Base::to_fine(hold_for), Base::kFar);
-    this->mutate([&](Core& core, fine_t t, detail::WaiterList&) { core.hold(t, i, remaining, t + f); });
+    const fine_t w = std::min(Base::to_fine(window), Base::kFar);
+    this->mutate([&](Core& core, fine_t t, detail::WaiterList&) { core.hold(t, i, remaining, t + f, std::max<fine_t>(w, 0)); });
   }
   /// When dimension `i`'s hold ends, if one holds it now.
   std::optional<time_point> held_until(std::size_t i) {

@@ -245,11 +245,13 @@ class SharedLimitSet : public detail::WaitingBucket<detail::FairCore, Clock, Mut
   }
   /// ... and holds it there for `hold_for` (as LimitSet::limit_remaining).
   template <class Rep, class Period>
-  void limit_remaining(std::size_t i, double remaining, std::chrono::duration<Rep, Period> hold_for) {
+  void limit_remaining(std::size_t i, double remaining, std::chrono::duration<Rep, Period> hold_for,
+                       std::chrono::nanoseconds window = {}) {
     dims_.check_index("SharedLimitSet::limit_remaining", i);
     detail::check_amount("SharedLimitSet::limit_remaining", "remaining", remaining);
     const fine_t f = std::min(Base::to_fine(hold_for), Base::kFar);
-    this->mutate([&](Core& core, fine_t t, detail::WaiterList&) { core.hold(t, i, remaining, t + f); });
+    const fine_t w = std::min(Base::to_fine(window), Base::kFar);
+    this->mutate([&](Core& core, fine_t t, detail::WaiterList&) { core.hold(t, i, remaining, t + f, std::max<fine_t>(w, 0)); });
   }
   /// When shared dimension `i`'s hold ends, if one holds it now.
   std::optional<time_point> held_until(std::size_t i) {

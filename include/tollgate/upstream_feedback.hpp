@@ -207,6 +207,7 @@ class UpstreamFeedback {
     // resume waiters, whose code may call back here).
     std::array<std::optional<double>, max_dimensions> remaining{};
     std::array<std::optional<std::chrono::nanoseconds>, max_dimensions> hold{};
+    std::array<std::chrono::nanoseconds, max_dimensions> window{};
     std::array<std::optional<Limit>, max_dimensions> new_limit{};
     std::optional<std::chrono::nanoseconds> pause;
     {
@@ -237,8 +238,10 @@ class UpstreamFeedback {
           remaining[i] = *u.remaining;
           if (u.reset) {
             // Held until the reset unless the headers have shown a continuous bucket.
-            if (learn_refill(d, now, *u.remaining, *u.reset, u.limit) != Refill::continuous) hold[i] = *u.reset;
+            const Refill r = learn_refill(d, now, *u.remaining, *u.reset, u.limit);
+            if (r != Refill::continuous) hold[i] = *u.reset;
             else hold[i] = std::chrono::nanoseconds(0);  // lowered only; ends any hold
+            if (r == Refill::windowed) window[i] = learn_window(d, now, *u.reset);
           }
           // The window the headers describe: the provider's limit, or this
           // dimension's burst when that is smaller (a per-minute limit
@@ -291,7 +294,7 @@ class UpstreamFeedback {
       if (!remaining[i]) continue;
       double left = *remaining[i];
       if (dims_[i].counted == Counted::as_produced) left = std::max(0.0, left - set_.in_flight(i));
-      if (hold[i]) set_.limit_remaining(i, left, *hold[i]);
+      if (hold[i]) set_.limit_remaining(i, left, *hold[i], window[i]);
       else set_.limit_remaining(i, left);
     }
     if (pause) set_.pause_for(*pause);
@@ -407,9 +410,10 @@ class UpstreamFeedback {
   }
 
   // A continuous bucket of limit L per period P is full at its reset:
-  // remaining + reset * L / P = L, on every answer. A fixed window is full at
-  // its reset whatever it had left, so its answers fall short (except around
-  // one instant per window). Answers that all fit a bucket for a tenth of the
+  // remaining + reset * L / P = L, on every answer (within 1% and a second's
+  // refill: resets come rounded up to the second or the millisecond). A fixed
+  // window is full at its reset whatever it had left, so its answers miss
+  // that (except around one instant per window). Answers that all fit a bucket for a tenth of the
   // period show a continuous provider; one that falls short, a windowed one.
   template <class TimePoint>
   Refill learn_refill(auto& d, TimePoint now, double remaining, std::chrono::nanoseconds reset,
@@ -418,8 +422,7 @@ class UpstreamFeedback {
     const double full = limit && *limit > 0 ? *limit : d.ceiling.rate * period;
     const double rate = full / period;
     const double at_reset = remaining + rate * std::chrono::duration<double>(reset).count();
-    // Resets come rounded up to the second (RFC 3339) or the millisecond.
-    if (at_reset < full * 0.99 - rate) {
+    if (std::abs(at_reset - full) > full * 0.01 + rate) {
       d.refill = Refill::windowed;
       d.consistent = false;
     } else if (!d.consistent) {
@@ -431,9 +434,30 @@ class UpstreamFeedback {
     return d.refill;
   }
 
+  // A windowed provider's window length: an answer whose reset is later than
+  // the current window's end starts a new window, and the gap between the
+  // two ends is the length (the smallest seen). Zero until known.
+  template <class TimePoint>
+  std::chrono::nanoseconds learn_window(auto& d, TimePoint now, std::chrono::nanoseconds reset) {
+    const TimePoint end = now + std::chrono::duration_cast<typename TimePoint::duration>(reset);
+    const auto tolerance = std::max<std::chrono::nanoseconds>(std::chrono::milliseconds(1), reset / 100);
+    if (!d.window_seen || end > d.window_end + tolerance) {
+      if (d.window_seen) {
+        const auto length = std::chrono::duration_cast<std::chrono::nanoseconds>(end - d.window_end);
+        if (d.window_length == std::chrono::nanoseconds(0) || length < d.window_length) d.window_length = length;
+      }
+      d.window_seen = true;
+      d.window_end = end;
+    }
+    return d.window_length;
+  }
+
   struct Dim {
     Limit configured, ceiling, applied_ceiling;
     Refill refill = Refill::unknown;
+    bool window_seen = false;
+    typename Clock::time_point window_end{};
+    std::chrono::nanoseconds window_length{0};
     bool consistent = false;  // every answer since `consistent_since` fits a continuous bucket
     typename Clock::time_point consistent_since{};
     double rate = 0;     // the adaptive rate

@@ -386,13 +386,15 @@ class FairCore {
     for (std::size_t d = 0; d < n_; ++d) {
       if (a[d] > e[d]) {
         dims_[d].start = shared_end[d];
-        if (shared_) holds_.charge(now, d, a[d] - e[d]);
+        if (shared_) holds_.adjust(now, d, a[d] - e[d]);
         if (k) ks(*k, d) = key_end[d];
       } else if (a[d] < e[d]) {
         const double back = e[d] - a[d];
         Dim& x = dims_[d];
-        if (shared_)
+        if (shared_) {
           x.start = x.step.given_back(x.start, now, fine_interval(std::min(back, x.step.limit.capacity), x.step.limit.rate));
+          holds_.adjust(now, d, -back);
+        }
         if (t && t->capped[d]) {
           const BucketStep& s = t->cap[d];
           ks(*k, d) = s.given_back(ks(*k, d), now, fine_interval(std::min(back, s.limit.capacity), s.limit.rate));
@@ -416,9 +418,9 @@ class FairCore {
     floor_ = std::max(floor_, now);
   }
   /// ... and holds it there until `until` (see Holds).
-  void hold(fine_t now, std::size_t d, double remaining, fine_t until) noexcept {
+  void hold(fine_t now, std::size_t d, double remaining, fine_t until, fine_t window = 0) noexcept {
     limit_remaining(now, d, remaining);
-    holds_.hold(now, d, remaining, ceil_ns(until) * fine_per_ns);
+    holds_.hold(now, d, remaining, ceil_ns(until) * fine_per_ns, ceil_ns(window) * fine_per_ns);
   }
   std::optional<fine_t> held_until(fine_t now, std::size_t d) noexcept {
     now = grant_due(now);

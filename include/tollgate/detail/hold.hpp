@@ -1,11 +1,19 @@
 #pragma once
 // Holds: a provider's `remaining` count taken as authoritative until its
 // reset. While a grant's instant is before dimension d's `until`, at most
-// `budget[d]` more tokens may be granted in d, whatever the dimension's own
-// refill would allow; from `until` on, only the refill counts (the hold adds
-// a cap, never tokens). A hold is the same rule for a provider that enforces
+// `budget` more tokens may be granted in d, whatever the dimension's own
+// refill would allow; from `until` on, only the refill counts (a hold adds a
+// cap, never tokens). A hold is the same rule for a provider that enforces
 // fixed windows (where `remaining` stays until the reset) and for one that
 // refills continuously (where it is a lower bound until the reset).
+//
+// A hold may have a second segment: the next window of a windowed provider,
+// from `until` for the window's length, so that the window's reset releases
+// no more than a window holds, not everything the local refill gathered
+// meanwhile. What a window holds is learned from the counts: each count r
+// with g granted in its window so far bounds it by r + g (equal when nothing
+// granted is still on its way to the provider), and the least such bound is
+// the estimate. The first count in the next window takes over from it.
 
 #include <algorithm>
 #include <array>
@@ -18,7 +26,10 @@
 
 namespace tollgate::detail {
 
-using Budgets = std::array<double, max_dimensions>;
+/// What each held dimension may still grant: before `until`, and in the next window.
+struct Budgets {
+  std::array<double, max_dimensions> now{}, next{};
+};
 
 class Holds {
  public:
@@ -26,12 +37,13 @@ class Holds {
   bool any() const noexcept { return mask_ != 0; }
 
   /// The earliest instant at or after `g` that a grant of `c` can have, with
-  /// `b` left in the held dimensions: `g`, or the end of a hold `c` overruns.
+  /// `b` left: `g`, or the end of a segment `c` overruns.
   template <class C>
   fine_t earliest(fine_t g, const C& c, const Budgets& b) const noexcept {
     for (std::uint32_t m = mask_; m; m &= m - 1) {
       const auto d = static_cast<std::size_t>(std::countr_zero(m));
-      if (g < until_[d] && overruns(c[d], b[d])) g = until_[d];
+      if (g < until_[d] && overruns(c[d], b.now[d])) g = until_[d];
+      if (g >= until_[d] && g < next_until_[d] && overruns(c[d], b.next[d])) g = next_until_[d];
     }
     return g;
   }
@@ -40,60 +52,106 @@ class Holds {
   void spend(fine_t g, const C& c, Budgets& b) const noexcept {
     for (std::uint32_t m = mask_; m; m &= m - 1) {
       const auto d = static_cast<std::size_t>(std::countr_zero(m));
-      if (g < until_[d]) b[d] = std::max(0.0, b[d] - c[d]);
+      if (g < until_[d]) b.now[d] = std::max(0.0, b.now[d] - c[d]);
+      else if (g < next_until_[d]) b.next[d] = std::max(0.0, b.next[d] - c[d]);
     }
   }
   /// The same on the current budgets.
   template <class C>
   void spend(fine_t g, const C& c) noexcept {
+    for (std::uint32_t m = mask_; m; m &= m - 1) {
+      const auto d = static_cast<std::size_t>(std::countr_zero(m));
+      if (g < until_[d]) spent_now_[d] += c[d];
+      else if (g < next_until_[d]) spent_next_[d] += c[d];
+    }
     spend(g, c, budget_);
   }
-  /// A debt of `tokens` in dimension d at `now` (the provider counts it too).
-  void charge(fine_t now, std::size_t d, double tokens) noexcept {
-    if (held(now, d)) budget_[d] = std::max(0.0, budget_[d] - tokens);
+  /// A debt of `tokens` in dimension d at `now` (the provider counts it too),
+  /// or, negative, a refund (a reservation the provider reconciles, or one
+  /// for a call never made): the count in effect moves with it.
+  void adjust(fine_t now, std::size_t d, double tokens) noexcept {
+    if (!(mask_ >> d & 1u)) return;
+    if (now < until_[d]) budget_.now[d] = std::max(0.0, budget_.now[d] - tokens);
+    else if (now < next_until_[d]) budget_.next[d] = std::max(0.0, budget_.next[d] - tokens);
   }
 
-  /// Holds dimension d at most at `remaining` until `until`. A hold ending at
-  /// the same instant (the same window of a windowed provider: its count can
-  /// only fall), within the precision of a reset header (1 ms, or 1% of the
-  /// time left), keeps the lower budget; any other replaces it, being newer.
-  /// An `until` not after `now` ends dimension d's hold.
-  void hold(fine_t now, std::size_t d, double remaining, fine_t until) noexcept {
+  /// Holds dimension d at most at `remaining` until `until`, then, when
+  /// `window` > 0 (a windowed provider's window length), for one more window
+  /// at what a window was learned to hold. A count for the window in effect
+  /// (ending at the same instant within the precision of a reset header: 1
+  /// ms, or 1% of the time left) keeps the lower of it and what is left of
+  /// the one before (grants since then may still be on their way to the
+  /// provider); a count for another window replaces it. An `until` not after
+  /// `now` ends dimension d's hold.
+  void hold(fine_t now, std::size_t d, double remaining, fine_t until, fine_t window = 0) noexcept {
+    const std::uint32_t bit = std::uint32_t{1} << d;
     if (until <= now) {
-      mask_ &= ~(std::uint32_t{1} << d);
+      mask_ &= ~bit;
       return;
     }
-    if (held(now, d)) {
-      const fine_t gap = until > until_[d] ? until - until_[d] : until_[d] - until;
-      if (gap <= std::max<fine_t>(fine_from_ns(1'000'000), (until_[d] - now) / 100))
-        remaining = std::min(remaining, budget_[d]);
+    double spent = 0;
+    // What a window holds: at most this count plus what was granted in it
+    // (its least bound), fresh for each window.
+    double bound = remaining;
+    if ((mask_ & bit) && now < next_until_[d]) {
+      const bool first = now < until_[d];
+      const fine_t end = first ? until_[d] : next_until_[d];
+      const fine_t gap = until > end ? until - end : end - until;
+      if (gap <= std::max<fine_t>(fine_from_ns(1'000'000), (end - now) / 100)) {
+        spent = first ? spent_now_[d] : spent_next_[d];
+        bound = remaining + spent;
+        if (first && counted_[d]) bound = std::min(bound, estimate_[d]);  // a window counted before: its least bound
+        remaining = std::min(remaining, first ? budget_.now[d] : budget_.next[d]);
+      }
     }
+    estimate_[d] = bound;
+    counted_[d] = true;
     until_[d] = until;
-    budget_[d] = remaining;
-    mask_ |= std::uint32_t{1} << d;
+    budget_.now[d] = remaining;
+    spent_now_[d] = spent;
+    next_until_[d] = window > 0 ? until + window : until;
+    budget_.next[d] = estimate_[d];
+    spent_next_[d] = 0;
+    mask_ |= bit;
   }
-  /// Ends every hold over by `now` (no grant can happen before `now` again).
+  /// Moves to the next segment, or ends, every hold over by `now` (no grant
+  /// can happen before `now` again).
   void expire(fine_t now) noexcept {
     for (std::uint32_t m = mask_; m; m &= m - 1) {
       const auto d = static_cast<std::size_t>(std::countr_zero(m));
-      if (now >= until_[d]) mask_ &= ~(std::uint32_t{1} << d);
+      if (now < until_[d]) continue;
+      if (now < next_until_[d]) {
+        until_[d] = next_until_[d];
+        budget_.now[d] = budget_.next[d];
+        spent_now_[d] = spent_next_[d];
+        counted_[d] = false;  // the next window: no count of its own yet
+      } else {
+        mask_ &= ~(std::uint32_t{1} << d);
+      }
     }
   }
 
-  bool held(fine_t now, std::size_t d) const noexcept { return (mask_ >> d & 1u) && now < until_[d]; }
-  /// What dimension d may still grant before its hold ends (infinite: no hold).
+  bool held(fine_t now, std::size_t d) const noexcept { return (mask_ >> d & 1u) && now < next_until_[d]; }
+  /// What dimension d may grant at `now`: at most `level`, and its count.
   double cap(fine_t now, std::size_t d, double level) const noexcept {
-    return held(now, d) ? std::min(level, budget_[d]) : level;
+    if (!(mask_ >> d & 1u)) return level;
+    if (now < until_[d]) return std::min(level, budget_.now[d]);
+    if (now < next_until_[d]) return std::min(level, budget_.next[d]);
+    return level;
   }
-  fine_t until(std::size_t d) const noexcept { return until_[d]; }
+  /// When the hold of dimension d ends (its next window's end, if it has one).
+  fine_t until(std::size_t d) const noexcept { return next_until_[d]; }
   const Budgets& budgets() const noexcept { return budget_; }
 
  private:
   // Doubles: a budget computed by subtractions may sit a rounding below a cost equal to it.
   static bool overruns(double cost, double budget) noexcept { return cost > budget + 1e-9 * std::max(1.0, budget); }
 
-  std::array<fine_t, max_dimensions> until_{};
+  std::array<fine_t, max_dimensions> until_{}, next_until_{};
   Budgets budget_{};
+  std::array<double, max_dimensions> spent_now_{}, spent_next_{};  // granted in each segment
+  std::array<double, max_dimensions> estimate_{};                   // what a window holds, learned
+  std::array<bool, max_dimensions> counted_{};                       // the segment in effect has a count
   std::uint32_t mask_ = 0;
 };
 

@@ -202,7 +202,10 @@ class SetCore {
   void refund(fine_t now, const Costs& c) noexcept {
     now = grant_due(now);
     for (std::size_t d = 0; d < n_; ++d)
-      if (c[d] > 0) refund_dim(now, d, c[d]);
+      if (c[d] > 0) {
+        refund_dim(now, d, c[d]);
+        holds_.adjust(now, d, -c[d]);
+      }
     changed(now);
   }
 
@@ -233,8 +236,11 @@ class SetCore {
       Dim& x = dims_[d];
       if (actual[d] > estimate[d]) {
         x.start = end[d];
-        holds_.charge(now, d, actual[d] - estimate[d]);
-      } else if (actual[d] < estimate[d]) refund_dim(now, d, estimate[d] - actual[d]);
+        holds_.adjust(now, d, actual[d] - estimate[d]);
+      } else if (actual[d] < estimate[d]) {
+        refund_dim(now, d, estimate[d] - actual[d]);
+        holds_.adjust(now, d, actual[d] - estimate[d]);
+      }
     }
     changed(now, later);
     return true;
@@ -257,12 +263,13 @@ class SetCore {
 
   /// Lowers dimension d's unreserved tokens to at most `remaining` and holds
   /// them there until `until` (see Holds): grants before `until` take at
-  /// most `remaining` in d, whatever its refill; then its refill counts.
-  void hold(fine_t now, std::size_t d, double remaining, fine_t until) noexcept {
+  /// most `remaining` in d, whatever its refill; then, for a windowed
+  /// provider (`window` > 0), one more window at what a window holds.
+  void hold(fine_t now, std::size_t d, double remaining, fine_t until, fine_t window = 0) noexcept {
     now = grant_due(now);
     Dim& x = dims_[d];
     x.start = x.step.lowered(x.start, now, remaining);
-    holds_.hold(now, d, remaining, ceil_ns(until) * fine_per_ns);
+    holds_.hold(now, d, remaining, ceil_ns(until) * fine_per_ns, ceil_ns(window) * fine_per_ns);
     changed(now, true);
   }
   /// The instant dimension d's hold ends, if one holds it at `now`.
