@@ -23,7 +23,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <ctime>
 #include <map>
 #include <string>
@@ -48,7 +47,7 @@ inline const std::vector<ProviderProfile>& provider_profiles() {
       {"openai_1s", Api::openai, 1, false, 10'000, 5'000'000, 0},
       {"openai_60s", Api::openai, 60, false, 10'000, 5'000'000, 0},
       {"anthropic_bucket", Api::anthropic, 0, false, 1'000, 100'000, 20'000},
-      {"anthropic_10s_reserved", Api::anthropic, 10, true, 1'000, 100'000, 400'000},
+      {"anthropic_10s_reserved", Api::anthropic, 10, true, 1'000, 100'000, 1'000'000},
   };
   return p;
 }
@@ -107,9 +106,7 @@ class Meter {
         level_ = capacity();
       }
     } else {
-      const double want = level_ + rate() * (t - last_);
-      wasted += std::max(0.0, want - capacity());
-      level_ = std::min(capacity(), want);
+      level_ = std::min(capacity(), level_ + rate() * (t - last_));
     }
     last_ = t;
   }
@@ -147,10 +144,6 @@ class Meter {
 
  private:
   double per_minute_, per_minute0_, window_, keep_, level_, last_ = 0;
-
- public:
-  double wasted = 0;  // refill lost at capacity (a bucket)
- private:
   long long win_ = 0;
 };
 
@@ -194,8 +187,6 @@ class Provider {
       const double need = k[d];  // as produced: checked not exhausted; charged later
       if (produced(d) ? meters_[d].left() <= 0 : meters_[d].left() < need) {
         ok = false;
-        ++refused_by[d];
-        if (std::getenv("SIM_TRACE")) std::fprintf(stderr, "t=%.3f 429 dim %zu left %.0f need %.0f\n", t, d, meters_[d].left(), need);
         wait = std::max(wait, meters_[d].wait_for(t, need));
       }
     }
@@ -220,8 +211,6 @@ class Provider {
   }
 
   std::uint64_t calls = 0, refused = 0;
-  std::uint64_t refused_by[3] = {0, 0, 0};
-  double wasted(std::size_t d) const { return meters_[d].wasted; }
   std::vector<double> consumed_in_run = std::vector<double>(3, 0.0);
   double run_end = 0;
 

@@ -177,6 +177,7 @@ TEST_CASE("feedback: a limit header counts per minute; growth is judged against 
   Set set({{"tokens", Limit{1000, 1000}}}, clock, &sched);
   tollgate::UpstreamFeedback<ManualClock>::Options o;
   o.adaptive = tollgate::AdaptiveRate{};
+  o.adaptive->calm = 0s;
   tollgate::UpstreamFeedback<ManualClock> fb(set, o);
   fb.on_response(429, headers({{"x-ratelimit-limit-tokens", "60000"}, {"x-ratelimit-remaining-tokens", "0"},
                                {"x-ratelimit-reset-tokens", "300ms"}}));
@@ -186,7 +187,7 @@ TEST_CASE("feedback: a limit header counts per minute; growth is judged against 
   // The second's window has half left: 500 of 1,000 (though under 1% of the per-minute 60,000).
   fb.on_response(200, headers({{"x-ratelimit-limit-tokens", "60000"}, {"x-ratelimit-remaining-tokens", "500"},
                                {"x-ratelimit-reset-tokens", "400ms"}}));
-  CHECK(fb.rate(0) == 900);  // 800 + 0.01 * 1000 per second for 10 s
+  CHECK(fb.rate(0) == Approx(897));  // 800 + 0.01 * 1000 per second for the 9.7 s past the 300 ms pause
   // The provider's limit is lower than configured: 42,000 per minute.
   fb.on_response(200, headers({{"x-ratelimit-limit-tokens", "42000"}, {"x-ratelimit-remaining-tokens", "500"}}));
   CHECK(fb.ceiling(0) == Limit{700, 700});  // the same one-second burst window at the provider's rate
@@ -246,4 +247,29 @@ TEST_CASE("hold: a windowed provider's next window releases at most what a windo
   CHECK(set.held_until(0) == clock.now() + 1s);
   clock.advance(1s);  // the hold is over: the refill alone
   CHECK(granted == 10);
+}
+
+TEST_CASE("feedback: a continuous bucket in debt is held at 0 until the debt is repaid", "[hold][feedback]") {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  Set set({{"tokens", Limit::per_minute(6'000)}}, clock, &sched);  // 100 per second
+  tollgate::UpstreamFeedback<ManualClock> fb(set);
+  auto answer = [&](int remaining, const char* reset) {
+    fb.on_response(200, headers({{"x-ratelimit-limit-tokens", "6000"},
+                                 {"x-ratelimit-remaining-tokens", std::to_string(remaining)},
+                                 {"x-ratelimit-reset-tokens", reset}}));
+  };
+  // Fitting a bucket for 6 s: continuous.
+  for (int i = 0; i <= 6; ++i) {
+    answer(3'000 + 100 * i, (std::to_string(30 - i) + "s").c_str());  // full at 100 per second
+    clock.advance(1s);
+  }
+  REQUIRE(fb.refill(0) == tollgate::Refill::continuous);
+  // Output produced past the limit: 0 left, full only in 65 s: a debt of 500.
+  answer(0, "65s");
+  CHECK(fb.refill(0) == tollgate::Refill::continuous);  // a debt is still a bucket
+  CHECK(set.available(0) == 0);
+  REQUIRE(set.held_until(0) == clock.now() + 4s);  // the debt's 5 s less the second a reset may be rounded up by
+  clock.advance(4s);
+  CHECK(set.available(0) == 400);  // from then on the refill counts
 }

@@ -90,32 +90,55 @@ TEST_CASE("feedback: the adaptive rate shrinks on a 429, ramps back on success, 
   Fixture f;
   Feedback::Options o;
   o.adaptive = AdaptiveRate{};  // x0.8 on a 429; +1% of the ceiling per second
+  o.adaptive->calm = 0s;        // (growth right after a cut: see the next test)
   Feedback fb(f.set, o);
   fb.on_response(429, headers({{"x-ratelimit-remaining-tokens", "0"}, {"retry-after-ms", "100"}}));
   CHECK(fb.rate(1) == Approx(800));  // only the exhausted dimension shrinks
   CHECK(fb.rate(0) == Approx(10));
   CHECK(f.set.limit(1).rate == Approx(800));
   CHECK(f.set.limit(1).capacity == 60'000);  // the burst stays the provider's
+  fb.on_response(429, headers({{"x-ratelimit-remaining-tokens", "0"}}));  // a call sent before the pause: the same episode
+  CHECK(fb.rate(1) == Approx(800));
+  f.clock.advance(100ms);
   fb.on_response(429, headers({}));  // nothing says which: every dimension shrinks
   CHECK(fb.rate(1) == Approx(640));
   CHECK(fb.rate(0) == Approx(8));
   fb.on_response(503, headers({{"retry-after", "1"}}));
   CHECK(fb.rate(1) == Approx(640));
   f.clock.advance(10s);
-  fb.on_response(200, headers({}));  // 10 s of success: +10% of the ceiling
-  CHECK(fb.rate(1) == Approx(640 + 100));
+  fb.on_response(200, headers({}));  // 10 s of success, 9 of them past the 1 s pause: +9% of the ceiling
+  CHECK(fb.rate(1) == Approx(640 + 90));
   f.clock.advance(10s);
   // No headroom left upstream: hold the rate.
   fb.on_response(200, headers({{"x-ratelimit-remaining-tokens", "100"}, {"x-ratelimit-limit-tokens", "60000"}}));
-  CHECK(fb.rate(1) == Approx(740));
+  CHECK(fb.rate(1) == Approx(730));
   f.clock.advance(100s);
   fb.on_response(200, headers({}));
   CHECK(fb.rate(1) == Approx(1000));  // capped at the ceiling
-  for (int i = 0; i < 50; ++i) fb.on_response(429, headers({}));
+  for (int i = 0; i < 50; ++i) {
+    fb.on_response(429, headers({}));  // a new episode each time: after the default pause of 1 s
+    f.clock.advance(1s);
+  }
   CHECK(fb.rate(1) == Approx(100));  // the floor: 10% of the ceiling
   CHECK(fb.on_response(429, headers({}), "insufficient_quota") == UpstreamVerdict::quota_exhausted);
   CHECK(fb.rate(1) == Approx(100));
   CHECK_THROWS_AS(Feedback(f.set, Feedback::Options{AdaptiveRate{1.5}}), std::invalid_argument);
+}
+
+TEST_CASE("feedback: after a cut the rate stays for `calm` past the pause before it grows again", "[feedback]") {
+  Fixture f;
+  Feedback::Options o;
+  o.adaptive = AdaptiveRate{};  // calm: 10 s
+  Feedback fb(f.set, o);
+  fb.on_response(429, headers({{"x-ratelimit-remaining-tokens", "0"}, {"retry-after-ms", "2000"}}));
+  CHECK(fb.rate(1) == Approx(800));
+  f.clock.advance(12s);
+  fb.on_response(200, headers({}));
+  CHECK(fb.rate(1) == Approx(800));  // 2 s of pause + 10 s of calm: not yet
+  f.clock.advance(5s);
+  fb.on_response(200, headers({}));
+  CHECK(fb.rate(1) == Approx(850));  // 5 s past the calm: +5% of the ceiling
+  CHECK_THROWS_AS(Feedback(f.set, Feedback::Options{AdaptiveRate{0.8, 0.01, 0.1, 0.05, -1s}}), std::invalid_argument);
 }
 
 TEST_CASE("feedback: a 429 that names no exhausted dimension cuts the one nearest to exhaustion only",

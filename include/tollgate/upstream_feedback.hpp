@@ -67,12 +67,17 @@ struct AdaptiveRate {
   double ramp = 0.01;      ///< on success: rate += ramp * ceiling per second, at most
   double floor = 0.1;      ///< never below floor * ceiling (0 < floor <= 1)
   double headroom = 0.05;  ///< grow only while the provider reports at least this share left
+  /// After a cut, no growth for this long (past the refusal's pause): a
+  /// rate just cut is tried for a while before it climbs back to the excess.
+  std::chrono::nanoseconds calm = std::chrono::seconds(10);
 
   void validate() const {
     if (!(decrease > 0 && decrease < 1)) throw std::invalid_argument("AdaptiveRate: decrease must be in (0, 1)");
     if (!(ramp > 0 && std::isfinite(ramp))) throw std::invalid_argument("AdaptiveRate: ramp must be finite and > 0");
     if (!(floor > 0 && floor <= 1)) throw std::invalid_argument("AdaptiveRate: floor must be in (0, 1]");
     if (!(headroom >= 0 && headroom < 1)) throw std::invalid_argument("AdaptiveRate: headroom must be in [0, 1)");
+    if (calm < std::chrono::nanoseconds(0) || calm > std::chrono::hours(24))
+      throw std::invalid_argument("AdaptiveRate: calm must be in [0, 24 h]");
   }
 };
 
@@ -155,7 +160,9 @@ struct HeaderBindings {
 ///  - with an AdaptiveRate: a rate-limit 429 multiplies by `decrease` the
 ///    rates of the dimensions reported exhausted, else of the one nearest to
 ///    exhaustion (least remaining share of its limit), and of all of them
-///    only when no header reports a remaining count below the limit;
+///    only when no header reports a remaining count below the limit, once
+///    per refusal episode (the 429s that come before the first one's pause
+///    ends answer calls already sent: the same excess, not a new one);
 ///    a success grows them by at most `ramp * ceiling` per second while the
 ///    provider reports headroom, judged per dimension against the window the
 ///    headers describe (the remaining share of the smaller of the `*-limit`
@@ -239,8 +246,22 @@ class UpstreamFeedback {
           if (u.reset) {
             // Held until the reset unless the headers have shown a continuous bucket.
             const Refill r = learn_refill(d, now, *u.remaining, *u.reset, u.limit);
-            if (r != Refill::continuous) hold[i] = *u.reset;
-            else hold[i] = std::chrono::nanoseconds(0);  // lowered only; ends any hold
+            if (r != Refill::continuous) {
+              hold[i] = *u.reset;
+            } else {
+              // A bucket's level is what its reset says (limit - reset * rate),
+              // and that shows a debt (output produced past it) its remaining
+              // count, never below 0, hides: held at 0 until it is repaid
+              // (beyond the second a reset may be rounded up by).
+              const double period = std::chrono::duration<double>(d.limit_period).count();
+              const double full = u.limit && *u.limit > 0 ? *u.limit : d.ceiling.rate * period;
+              const double debt_s = std::chrono::duration<double>(*u.reset).count() - period - 1;
+              hold[i] = std::chrono::nanoseconds(0);  // lowered only; ends any hold
+              if (debt_s > 0 && full > 0) {
+                remaining[i] = 0.0;
+                hold[i] = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(debt_s));
+              }
+            }
             if (r == Refill::windowed) window[i] = learn_window(d, now, *u.reset);
           }
           // The window the headers describe: the provider's limit, or this
@@ -274,10 +295,18 @@ class UpstreamFeedback {
         // capacity, at the rate): no herd of every queued waiter at once.
         if (verdict == UpstreamVerdict::rate_limited && (exhausted[i] || !any_exhausted)) remaining[i] = 0.0;
         if (const auto& a = options_.adaptive) {
-          if (verdict == UpstreamVerdict::rate_limited && (exhausted[i] || !any_exhausted))
+          // One cut per refusal episode: the 429s of calls already on their
+          // way when the first came (until its pause ends) are the same excess.
+          if (verdict == UpstreamVerdict::rate_limited && (exhausted[i] || !any_exhausted) && now >= d.cut_until) {
             d.rate = std::max(a->floor * d.ceiling.rate, d.rate * a->decrease);
-          else if (verdict == UpstreamVerdict::ok && headroom)
-            d.rate = std::min(d.ceiling.rate, d.rate + a->ramp * d.ceiling.rate * elapsed);
+            d.cut_until = now + std::chrono::duration_cast<typename Clock::duration>(
+                                    std::max<std::chrono::nanoseconds>(pause.value_or(options_.default_pause),
+                                                                       std::chrono::milliseconds(1)));
+          }
+          else if (verdict == UpstreamVerdict::ok && headroom && now > d.cut_until + a->calm) {
+            const double calm_over = std::chrono::duration<double>(now - (d.cut_until + a->calm)).count();
+            d.rate = std::min(d.ceiling.rate, d.rate + a->ramp * d.ceiling.rate * std::min(elapsed, calm_over));
+          }
         }
         // Apply a change of ceiling, any decrease, and increases in steps of
         // 1% (each change re-times the queue).
@@ -422,7 +451,9 @@ class UpstreamFeedback {
     const double full = limit && *limit > 0 ? *limit : d.ceiling.rate * period;
     const double rate = full / period;
     const double at_reset = remaining + rate * std::chrono::duration<double>(reset).count();
-    if (std::abs(at_reset - full) > full * 0.01 + rate) {
+    const double tolerance = full * 0.01 + rate;
+    // A bucket in debt (output produced past it) says 0 left and a reset later than a full refill.
+    if (remaining <= 0 ? at_reset < full - tolerance : std::abs(at_reset - full) > tolerance) {
       d.refill = Refill::windowed;
       d.consistent = false;
     } else if (!d.consistent) {
@@ -455,6 +486,7 @@ class UpstreamFeedback {
   struct Dim {
     Limit configured, ceiling, applied_ceiling;
     Refill refill = Refill::unknown;
+    typename Clock::time_point cut_until{};  // rate-limit refusals before this are the episode already cut for
     bool window_seen = false;
     typename Clock::time_point window_end{};
     std::chrono::nanoseconds window_length{0};

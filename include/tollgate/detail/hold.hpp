@@ -90,22 +90,28 @@ class Holds {
       return;
     }
     double spent = 0;
-    // What a window holds: at most this count plus what was granted in it
-    // (its least bound), fresh for each window.
+    // What a window holds. Where the grants since the window's start are
+    // known (the segment began at it), each count plus them bounds it from
+    // above, and the least bound is taken; otherwise each count bounds it
+    // from below, and the greatest is taken. Fresh for each window.
     double bound = remaining;
+    bool whole = false;  // `spent` covers the window from its start
     if ((mask_ & bit) && now < next_until_[d]) {
       const bool first = now < until_[d];
       const fine_t end = first ? until_[d] : next_until_[d];
       const fine_t gap = until > end ? until - end : end - until;
       if (gap <= std::max<fine_t>(fine_from_ns(1'000'000), (end - now) / 100)) {
         spent = first ? spent_now_[d] : spent_next_[d];
-        bound = remaining + spent;
-        if (first && counted_[d]) bound = std::min(bound, estimate_[d]);  // a window counted before: its least bound
+        whole = first ? whole_[d] : true;
+        const bool again = first && counted_[d];  // this window has been counted before
+        if (whole) bound = again ? std::min(estimate_[d], remaining + spent) : remaining + spent;
+        else bound = again ? std::max(estimate_[d], remaining) : remaining;
         remaining = std::min(remaining, first ? budget_.now[d] : budget_.next[d]);
       }
     }
     estimate_[d] = bound;
     counted_[d] = true;
+    whole_[d] = whole;
     until_[d] = until;
     budget_.now[d] = remaining;
     spent_now_[d] = spent;
@@ -125,6 +131,7 @@ class Holds {
         budget_.now[d] = budget_.next[d];
         spent_now_[d] = spent_next_[d];
         counted_[d] = false;  // the next window: no count of its own yet
+        whole_[d] = true;
       } else {
         mask_ &= ~(std::uint32_t{1} << d);
       }
@@ -152,6 +159,7 @@ class Holds {
   std::array<double, max_dimensions> spent_now_{}, spent_next_{};  // granted in each segment
   std::array<double, max_dimensions> estimate_{};                   // what a window holds, learned
   std::array<bool, max_dimensions> counted_{};                       // the segment in effect has a count
+  std::array<bool, max_dimensions> whole_{};                         // its `spent` covers its window
   std::uint32_t mask_ = 0;
 };
 
