@@ -154,12 +154,11 @@ class Client {
     // its first 20 answers.
     std::mt19937_64 earlier(0x5eed);
     for (int i = 0; i < 200; ++i) outputs_.observe("model", draw_call(earlier).output);
-    const double window = profile.window > 0 ? profile.window : 60;
-    const double per_minute[] = {profile.rpm, profile.tpm_or_itpm, profile.otpm};
-    std::vector<tollgate::Dimension> dims;
-    for (std::size_t d = 0; d < provider.dimensions(); ++d)
-      dims.push_back({provider.dimension_name(d), Limit{per_minute[d] * window / 60, per_minute[d] / 60}});
-    set_ = std::make_unique<Set>(std::move(dims), sim.clock, &sim.sched);
+    const auto window = std::chrono::duration_cast<std::chrono::nanoseconds>(Seconds(profile.window > 0 ? profile.window : 60));
+    set_ = std::make_unique<Set>(profile.api == Api::openai
+                                     ? tollgate::ProviderLimits::openai(profile.rpm, profile.tpm_or_itpm, window)
+                                     : tollgate::ProviderLimits::anthropic(profile.rpm, profile.tpm_or_itpm, profile.otpm, window),
+                                 sim.clock, &sim.sched);
     if (s == Strategy::tollgate_adaptive) {
       Feedback::Options o;
       o.adaptive = tollgate::AdaptiveRate{};

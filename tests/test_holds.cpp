@@ -273,3 +273,17 @@ TEST_CASE("feedback: a continuous bucket in debt is held at 0 until the debt is 
   clock.advance(4s);
   CHECK(set.available(0) == 400);  // from then on the refill counts
 }
+
+TEST_CASE("provider limits: each per-minute limit with the burst of its enforcement window", "[hold][feedback]") {
+  using tollgate::ProviderLimits;
+  CHECK(ProviderLimits::per_minute(60'000) == Limit{60'000, 1'000});
+  CHECK(ProviderLimits::per_minute(60'000, 1s) == Limit{1'000, 1'000});
+  const auto a = ProviderLimits::anthropic(1'000, 100'000, 20'000, 10s);
+  REQUIRE(a.size() == 3);
+  CHECK(a[2].name == "output_tokens");
+  CHECK(a[2].limit.capacity == Approx(20'000.0 / 6));
+  CHECK(a[2].limit.rate == Approx(20'000.0 / 60));
+  CHECK_THROWS_AS(ProviderLimits::per_minute(100, 2min), std::invalid_argument);
+  CHECK_THROWS_AS(ProviderLimits::per_minute(100, 0s), std::invalid_argument);
+  CHECK_THROWS_AS(ProviderLimits::per_minute(-1), std::invalid_argument);
+}

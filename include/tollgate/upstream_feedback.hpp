@@ -126,6 +126,38 @@ struct HeaderBindings {
   }
 };
 
+/// A provider's limits as a limit set's dimensions, each per-minute limit
+/// with the burst of the window the provider enforces it over: a minute for
+/// a continuous bucket (or per-minute windows), one second for a per-minute
+/// limit enforced per second (OpenAI documents 60,000 per minute enforced as
+/// 1,000 per second), so that no burst a window cannot take is released.
+/// Names match `HeaderBindings::openai()` / `anthropic()`.
+struct ProviderLimits {
+  /// `per_minute` with the burst of `window`: Limit{per_minute * window / 1 min, per_minute / 60 s}.
+  /// Throws `std::invalid_argument` unless `window` is in (0, 1 min] and `per_minute` > 0 and finite.
+  static Limit per_minute(double per_minute, std::chrono::nanoseconds window = std::chrono::minutes(1)) {
+    if (!(window > std::chrono::nanoseconds(0) && window <= std::chrono::minutes(1)))
+      throw std::invalid_argument("ProviderLimits: the enforcement window must be in (0, 1 min]");
+    if (!(per_minute > 0 && std::isfinite(per_minute)))
+      throw std::invalid_argument("ProviderLimits: a per-minute limit must be finite and > 0");
+    const double share = std::chrono::duration<double>(window).count() / 60;
+    Limit l{per_minute * share, per_minute / 60};
+    l.validate("ProviderLimits");
+    return l;
+  }
+  /// OpenAI: "requests" and "tokens" (counted at admission as prompt + max_tokens).
+  static std::vector<Dimension> openai(double rpm, double tpm, std::chrono::nanoseconds window = std::chrono::minutes(1)) {
+    return {{"requests", per_minute(rpm, window)}, {"tokens", per_minute(tpm, window)}};
+  }
+  /// Anthropic: "requests", "input_tokens" and "output_tokens".
+  static std::vector<Dimension> anthropic(double rpm, double itpm, double otpm,
+                                          std::chrono::nanoseconds window = std::chrono::minutes(1)) {
+    return {{"requests", per_minute(rpm, window)},
+            {"input_tokens", per_minute(itpm, window)},
+            {"output_tokens", per_minute(otpm, window)}};
+  }
+};
+
 /// Connects a LimitSet (or a SharedLimitSet: `Set`) to a provider's answers. Header families are bound to
 /// the set's dimensions by `Options::bindings` (e.g. `HeaderBindings::anthropic()`),
 /// checked at construction: a binding to a dimension the set does not have
