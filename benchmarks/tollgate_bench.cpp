@@ -333,6 +333,35 @@ Shared::Options capped_tier() {  // every key capped in all three dimensions (wi
   return o;
 }
 
+// A LimitSet of three dimensions: try_acquire, then the same with every
+// dimension held at a provider's count (a hold adds a cap, checked per grant),
+// then a Permit made and settled, without and with in-flight counting.
+void BM_LimitSet_TryAcquire(benchmark::State& st) {
+  tollgate::LimitSet<> set(three_wide());
+  const tollgate::Costs c{1, 1200, 300};
+  for (auto _ : st) benchmark::DoNotOptimize(set.try_acquire(c));
+}
+BENCHMARK(BM_LimitSet_TryAcquire);
+
+void BM_LimitSet_TryAcquire_Held(benchmark::State& st) {
+  tollgate::LimitSet<> set(three_wide());
+  for (std::size_t i = 0; i < 3; ++i) set.limit_remaining(i, 1e300, std::chrono::hours(24));
+  const tollgate::Costs c{1, 1200, 300};
+  for (auto _ : st) benchmark::DoNotOptimize(set.try_acquire(c));
+}
+BENCHMARK(BM_LimitSet_TryAcquire_Held);
+
+void BM_LimitSet_Permit(benchmark::State& st) {
+  tollgate::LimitSet<> set(three_wide());
+  if (st.range(0)) set.count_in_flight();
+  const tollgate::Costs estimate{1, 1200, 1300}, actual{1, 1200, 300};
+  for (auto _ : st) {
+    auto p = set.try_acquire_permit(estimate);
+    p.settle(actual);
+  }
+}
+BENCHMARK(BM_LimitSet_Permit)->Arg(0)->Arg(1);
+
 // One key, three dimensions, key caps and the shared set: try_acquire.
 void BM_SharedSet_HotKey(benchmark::State& st) {
   Shared set(three_wide(), capped_tier());

@@ -61,10 +61,14 @@ class Holds {
   void spend(fine_t g, const C& c) noexcept {
     for (std::uint32_t m = mask_; m; m &= m - 1) {
       const auto d = static_cast<std::size_t>(std::countr_zero(m));
-      if (g < until_[d]) spent_now_[d] += c[d];
-      else if (g < next_until_[d]) spent_next_[d] += c[d];
+      if (g < until_[d]) {
+        spent_now_[d] += c[d];
+        budget_.now[d] = std::max(0.0, budget_.now[d] - c[d]);
+      } else if (g < next_until_[d]) {
+        spent_next_[d] += c[d];
+        budget_.next[d] = std::max(0.0, budget_.next[d] - c[d]);
+      }
     }
-    spend(g, c, budget_);
   }
   /// A debt of `tokens` in dimension d at `now` (the provider counts it too),
   /// or, negative, a refund (a reservation the provider reconciles, or one

@@ -35,6 +35,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <span>
 #include <sstream>
@@ -72,7 +73,8 @@ class SetCore {
       throw std::invalid_argument(os.str());
     }
     for (std::size_t d = 0; d < v.size(); ++d)
-      detail::check_amount(who, (std::string(what) + "[" + std::to_string(d) + "]").c_str(), v[d]);
+      if (!(v[d] >= 0 && v[d] <= std::numeric_limits<double>::max())) [[unlikely]]  // the message only when it fails
+        detail::check_amount(who, (std::string(what) + "[" + std::to_string(d) + "]").c_str(), v[d]);
   }
 
   /// A full set at relative time 0. Limits must be valid, 1..max_dimensions of them.
