@@ -1,9 +1,11 @@
 // Holds: a provider's remaining count, authoritative until its reset.
 
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <tollgate/limit_set.hpp>
@@ -286,4 +288,28 @@ TEST_CASE("provider limits: each per-minute limit with the burst of its enforcem
   CHECK_THROWS_AS(ProviderLimits::per_minute(100, 2min), std::invalid_argument);
   CHECK_THROWS_AS(ProviderLimits::per_minute(100, 0s), std::invalid_argument);
   CHECK_THROWS_AS(ProviderLimits::per_minute(-1), std::invalid_argument);
+}
+
+TEST_CASE("in flight: permits made, moved and settled on two threads leave nothing counted", "[hold][threads]") {
+  tollgate::LimitSet<> set({{"tokens", Limit{1e12, 1e12}}});
+  set.count_in_flight();
+  std::atomic<int> refused{0};  // (Catch's assertions are for the test's own thread)
+  auto work = [&set, &refused] {
+    for (int i = 0; i < 2000; ++i) {
+      auto p = set.try_acquire_permit({10});
+      if (!p) ++refused;
+      auto moved = std::move(p);
+      if (i % 3 == 0) moved.settle({4});
+      else if (i % 3 == 1) moved.release();
+      // else: destroyed unsettled (its estimate is the cost; no longer in flight)
+    }
+  };
+  std::thread a(work), b(work);
+  a.join();
+  b.join();
+  CHECK(refused == 0);
+  CHECK(set.in_flight(0) == 0);
+  auto held = set.try_acquire_permit({25});
+  CHECK(set.in_flight(0) == 25);
+  CHECK(set.in_flight(7) == 0);  // a dimension the set does not have
 }
