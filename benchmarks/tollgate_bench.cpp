@@ -10,6 +10,8 @@
 #include <coroutine>
 #include <cstdlib>
 #include <malloc.h>
+#include <pthread.h>
+#include <sched.h>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -82,6 +84,37 @@ struct Task {
 // An always-admitting limit: 10^12 per second.
 const Limit kWide{1e12, 1e12};
 
+// Every *_Shared benchmark runs two threads on one object, each pinned to its
+// own CPU (thread i on the i-th CPU this process may use): unpinned, the
+// scheduler sometimes runs both on one CPU, which measures something else
+// (no cache-line transfer between cores). The label says where they ran.
+// The CPUs the process may use, read at start-up: the main thread also runs
+// thread 0 of each benchmark and new threads inherit its pinned mask.
+const cpu_set_t g_allowed_cpus = [] {
+  cpu_set_t s;
+  CPU_ZERO(&s);
+  if (sched_getaffinity(0, sizeof s, &s) != 0) CPU_ZERO(&s);
+  return s;
+}();
+void pin_thread(benchmark::State& st) {
+  const cpu_set_t allowed = g_allowed_cpus;
+  if (CPU_COUNT(&allowed) < st.threads()) {
+    st.SkipWithError("needs one CPU per thread");
+    return;
+  }
+  int want = st.thread_index(), cpu = 0;
+  for (; cpu < CPU_SETSIZE; ++cpu)
+    if (CPU_ISSET(cpu, &allowed) && want-- == 0) break;
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  if (pthread_setaffinity_np(pthread_self(), sizeof one, &one) != 0) {
+    st.SkipWithError("pthread_setaffinity_np failed");
+    return;
+  }
+  if (st.thread_index() == 0) st.SetLabel("pinned: " + std::to_string(st.threads()) + " threads on distinct CPUs");
+}
+
 // ---- The floor ----------------------------------------------------------------
 void BM_Primitive_SteadyClockNow(benchmark::State& st) {
   for (auto _ : st) benchmark::DoNotOptimize(SteadyClock::now());
@@ -123,6 +156,32 @@ void BM_Primitive_SteadyClockNowThenCas(benchmark::State& st) {
 }
 BENCHMARK(BM_Primitive_SteadyClockNowThenCas);
 
+// The contended floor: two threads (pinned to distinct CPUs), each reading
+// the clock and then CAS-ing one shared word; each call moves the word's
+// cache line between the two cores.
+std::atomic<std::int64_t> g_shared_word{0};
+void BM_Primitive_SteadyClockNowThenCas_Shared(benchmark::State& st) {
+  pin_thread(st);
+  for (auto _ : st) {
+    const std::int64_t t = SteadyClock::now().time_since_epoch().count();
+    std::int64_t cur = g_shared_word.load(std::memory_order_relaxed);
+    while (!g_shared_word.compare_exchange_weak(cur, cur + (t & 1), std::memory_order_acq_rel)) {
+    }
+  }
+}
+BENCHMARK(BM_Primitive_SteadyClockNowThenCas_Shared)->Threads(2);
+
+// Only the CAS loop on a shared word (no clock): the line transfer alone.
+void BM_Primitive_CasLoop_Shared(benchmark::State& st) {
+  pin_thread(st);
+  for (auto _ : st) {
+    std::int64_t cur = g_shared_word.load(std::memory_order_relaxed);
+    while (!g_shared_word.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel)) {
+    }
+  }
+}
+BENCHMARK(BM_Primitive_CasLoop_Shared)->Threads(2);
+
 // ---- The baseline: a faithful port of the seed's Python pattern -------------
 class SeedBucket {
  public:
@@ -155,6 +214,7 @@ BENCHMARK(BM_SeedPort_TryAcquire);
 
 SeedBucket g_seed_shared(1e12, 1e12);
 void BM_SeedPort_TryAcquire_Shared(benchmark::State& st) {
+  pin_thread(st);
   for (auto _ : st) benchmark::DoNotOptimize(g_seed_shared.try_acquire(1));
 }
 BENCHMARK(BM_SeedPort_TryAcquire_Shared)->Threads(2);
@@ -228,6 +288,7 @@ BENCHMARK(BM_TokenBucket_TryAcquire_Denied);
 
 TokenBucket<>* g_shared_bucket = nullptr;
 void BM_TokenBucket_TryAcquire_Shared(benchmark::State& st) {
+  pin_thread(st);
   if (st.thread_index() == 0) g_shared_bucket = new TokenBucket<>(kWide);
   for (auto _ : st) benchmark::DoNotOptimize(g_shared_bucket->try_acquire(1));
   if (st.thread_index() == 0) {
@@ -238,6 +299,7 @@ void BM_TokenBucket_TryAcquire_Shared(benchmark::State& st) {
 BENCHMARK(BM_TokenBucket_TryAcquire_Shared)->Threads(2);
 
 void BM_TokenBucket_TryAcquire_Separate(benchmark::State& st) {
+  pin_thread(st);
   TokenBucket<> b(kWide);
   for (auto _ : st) benchmark::DoNotOptimize(b.try_acquire(1));
 }
@@ -292,6 +354,15 @@ void BM_Registry_HotKey(benchmark::State& st) {
 }
 BENCHMARK(BM_Registry_HotKey);
 
+// Two threads (pinned) on one key of one registry.
+void BM_Registry_HotKey_Shared(benchmark::State& st) {
+  pin_thread(st);
+  static tollgate::BucketRegistry<> reg({.default_limit = kWide});
+  const std::string_view key = "api-key-00000042";
+  for (auto _ : st) benchmark::DoNotOptimize(reg.try_acquire(key));
+}
+BENCHMARK(BM_Registry_HotKey_Shared)->Threads(2);
+
 std::vector<std::string> make_keys(std::size_t n) {
   std::vector<std::string> keys;
   keys.reserve(n);
@@ -342,6 +413,15 @@ void BM_LimitSet_TryAcquire(benchmark::State& st) {
   for (auto _ : st) benchmark::DoNotOptimize(set.try_acquire(c));
 }
 BENCHMARK(BM_LimitSet_TryAcquire);
+
+// Two threads (pinned) on one set of two dimensions (requests and tokens).
+void BM_LimitSet_TryAcquire_Shared(benchmark::State& st) {
+  pin_thread(st);
+  static tollgate::LimitSet<> set({{"requests", kWide}, {"tokens", kWide}});
+  const tollgate::Costs c{1, 1200};
+  for (auto _ : st) benchmark::DoNotOptimize(set.try_acquire(c));
+}
+BENCHMARK(BM_LimitSet_TryAcquire_Shared)->Threads(2);
 
 void BM_LimitSet_TryAcquire_Held(benchmark::State& st) {
   tollgate::LimitSet<> set(three_wide());
