@@ -182,6 +182,7 @@ class BiasedMutex {
 template <>
 struct mutex_traits<BiasedMutex> {
   static constexpr bool single_threaded = false;
+  static constexpr bool lock_free_admission = false;  // its owner's path writes nothing shared already
   [[gnu::always_inline]] static bool try_enter_fast(BiasedMutex& m) noexcept { return m.try_enter_biased(); }
   [[gnu::always_inline]] static void leave_fast(BiasedMutex& m) noexcept { m.leave_biased(); }
   static void before_teardown(BiasedMutex& m) noexcept { m.end_bias_for_teardown(); }

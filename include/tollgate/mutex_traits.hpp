@@ -20,9 +20,28 @@ struct mutex_traits {
   static constexpr bool try_enter_fast(Mutex&) noexcept { return false; }
   static constexpr void leave_fast(Mutex&) noexcept {}
 
+  /// True when a TokenBucket guarded by this mutex may admit without taking
+  /// it while nobody waits (one compare-and-swap on its state, where the
+  /// target has a 16-byte one): what a mutex shared by threads wants. False
+  /// for a mutex that is already free on its owner's path, and for a
+  /// specialisation that does not say (it was written for its own way in).
+  static constexpr bool lock_free_admission = true;
+
   /// Called by the guarded object's destructor, when by contract no other
   /// thread uses it any more, before it takes the lock a last time.
   static constexpr void before_teardown(Mutex&) noexcept {}
 };
+
+namespace detail {
+/// `mutex_traits<M>::lock_free_admission`; false where a specialisation
+/// does not say (it keeps the way in it was written for).
+template <class M>
+constexpr bool lock_free_admission_v() noexcept {
+  if constexpr (requires { mutex_traits<M>::lock_free_admission; })
+    return bool(mutex_traits<M>::lock_free_admission);
+  else
+    return false;
+}
+}  // namespace detail
 
 }  // namespace tollgate

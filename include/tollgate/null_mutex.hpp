@@ -19,6 +19,7 @@ struct NullMutex {
 template <>
 struct mutex_traits<NullMutex> {
   static constexpr bool single_threaded = true;
+  static constexpr bool lock_free_admission = false;
   static constexpr bool try_enter_fast(NullMutex&) noexcept { return false; }
   static constexpr void leave_fast(NullMutex&) noexcept {}
   static constexpr void before_teardown(NullMutex&) noexcept {}

@@ -75,6 +75,14 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
   using typename Base::scheduler_type;
   using typename Base::time_point;
 
+  /// True when this bucket admits without taking its lock while nobody waits
+  /// (`try_acquire`, and a `co_await` that needs no wait): one 16-byte
+  /// compare-and-swap on its state. Needs a target with one (x86-64; not the
+  /// portable build) and a mutex whose `mutex_traits` allow it (every
+  /// ordinary mutex; not NullMutex or BiasedMutex). `TOLLGATE_NO_LOCK_FREE`
+  /// turns it off. The results are the same either way.
+  static constexpr bool lock_free_admission = Base::gate_type::enabled;
+
   /// Creates a full bucket. `scheduler` wakes waiters; when null, a bucket on
   /// a steady clock (`Clock::is_steady`, e.g. `std::chrono::steady_clock`)
   /// uses `TimerThreadScheduler<Clock>::shared()` (its thread starts on the
@@ -97,13 +105,20 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
   /// `try_acquire` at an explicit instant of this bucket's clock.
   AcquireResult try_acquire_at(time_point now, double cost = 1) {
     const detail::fine_t t = rel(now);
+    if constexpr (Base::gate_type::enabled) {
+      detail::fine_t wait;
+      switch (gate_.try_take(t, cost, wait)) {
+        case detail::FastOutcome::taken: return AcquireResult::acquired();
+        case detail::FastOutcome::refused: return AcquireResult::not_now(detail::to_ns_ceil(wait));
+        case detail::FastOutcome::locked: break;
+      }
+    }
     if (mutex_traits<Mutex>::try_enter_fast(mutex_)) {
       const AcquireResult r = core_.try_acquire(t, cost);
       mutex_traits<Mutex>::leave_fast(mutex_);
       return r;
     }
-    std::lock_guard lock(mutex_);
-    return core_.try_acquire(t, cost);
+    return this->locked([&] { return core_.try_acquire(t, cost); });
   }
 
   /// Returns an awaitable that takes `cost`, waiting in FIFO order as long as
@@ -170,8 +185,7 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
   double available() const { return available_at(clock_.now()); }
   double available_at(time_point now) const {
     const detail::fine_t t = rel(now);
-    std::lock_guard lock(mutex_);
-    return core_.available(t);
+    return this->locked([&] { return core_.available(t); });
   }
 
   /// Gives back `cost` tokens (an acquisition that was not used), never
@@ -249,6 +263,7 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
 
   using Base::clock_;
   using Base::core_;
+  using Base::gate_;
   using Base::mutex_;
   using Base::origin_;
   using Base::rel;
@@ -256,14 +271,14 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
   // For BucketRegistry: this bucket's paid-up-to instant, in fine units since
   // `epoch` (another origin), if no waiter is queued.
   bool export_state(time_point epoch, detail::fine_t& tat) const {
-    std::lock_guard lock(mutex_);
-    if (!core_.idle() || this->has_permits()) return false;
-    tat = core_.tat() + offset_from(epoch);
-    return true;
+    return this->locked([&] {
+      if (!core_.idle() || this->has_permits()) return false;
+      tat = core_.tat() + offset_from(epoch);
+      return true;
+    });
   }
   void import_state(time_point epoch, detail::fine_t tat) {
-    std::lock_guard lock(mutex_);
-    core_.set_tat(tat - offset_from(epoch));
+    this->locked([&] { core_.set_tat(tat - offset_from(epoch)); });
   }
   detail::fine_t offset_from(time_point epoch) const noexcept {
     return detail::fine_from_ns(std::chrono::duration_cast<std::chrono::nanoseconds>(origin_ - epoch).count());

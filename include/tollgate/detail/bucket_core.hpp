@@ -226,6 +226,20 @@ class alignas(64) BucketCore {
 
   std::size_t waiters() const noexcept { return q_.pending.size(); }
 
+  /// What lock-free admission (BucketGate) needs while it holds the state:
+  /// false when it must not (a waiter is queued). `floor` is the earliest
+  /// instant it may act at (the latest seen, the end of a pause); `cost`
+  /// the cached cost (NaN if none: equal to no cost) with its interval and
+  /// allowance.
+  bool lock_free_view(fine_t& floor, double& cost, fine_t& iv, fine_t& slack) const noexcept {
+    if (!q_.pending.empty()) return false;
+    floor = std::max(last_now_, paused_until_);
+    cost = step_.last_cost;
+    iv = step_.last_iv;
+    slack = step_.last_slack;
+    return true;
+  }
+
   /// True when no waiter is queued or granted-but-not-completed.
   bool idle() const noexcept { return q_.idle(); }
 

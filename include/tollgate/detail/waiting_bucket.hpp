@@ -31,6 +31,7 @@
 #include "../scheduler.hpp"
 #include "../timer_thread_scheduler.hpp"
 #include "bucket_core.hpp"
+#include "bucket_gate.hpp"
 #include "fine_time.hpp"
 #include "waiter.hpp"
 
@@ -47,6 +48,19 @@ namespace tollgate::detail {
 
 struct WaitAccess;
 
+/// The lock-free gate a bucket of `Core` guarded by `Mutex` gets.
+template <class Core, class Mutex>
+struct gate_for {
+  using type = NoGate;
+};
+#if TOLLGATE_HAS_ATOMIC128
+template <class Mutex>
+  requires(lock_free_admission_v<Mutex>())
+struct gate_for<BucketCore, Mutex> {
+  using type = BucketGate;
+};
+#endif
+
 template <class Core, class Clock, class Mutex>
 class WaitingBucket : public PermitIssuer<typename Core::cost_type> {
   static_assert(!std::chrono::treat_as_floating_point_v<typename Clock::rep>,
@@ -61,6 +75,7 @@ class WaitingBucket : public PermitIssuer<typename Core::cost_type> {
   using cost_type = typename Core::cost_type;
   using core_type = Core;
   using waiter_type = typename Core::waiter_type;
+  using gate_type = typename gate_for<Core, Mutex>::type;
 
   WaitingBucket(const WaitingBucket&) = delete;
   WaitingBucket& operator=(const WaitingBucket&) = delete;
@@ -103,6 +118,7 @@ class WaitingBucket : public PermitIssuer<typename Core::cost_type> {
     horizon_tp_ = at(horizon_of(origin_));
     timer_.fire = &WaitingBucket::fire_thunk;
     timer_.context = this;
+    gate_.open(core_);
   }
 
   /// Completes every remaining waiter with `cancelled` (or `acquired`, for one
@@ -184,6 +200,7 @@ class WaitingBucket : public PermitIssuer<typename Core::cost_type> {
       ~Completer() { complete_all(list); }
     } completer{finished};
     std::lock_guard lock(mutex_);
+    gate_.close(core_);
     // `finished` outlives the lock guard: waiters complete after it unlocks.
     struct Sync {
       WaitingBucket& self;
@@ -191,6 +208,7 @@ class WaitingBucket : public PermitIssuer<typename Core::cost_type> {
       ~Sync() {
         self.core_.take_ready(list);
         self.sync_timer();
+        self.gate_.open(self.core_);
       }
     } sync{*this, finished};
     return std::forward<F>(f)(core_, t, finished);
@@ -251,6 +269,11 @@ class WaitingBucket : public PermitIssuer<typename Core::cost_type> {
                                                      bool& queued, fine_t* due = nullptr) {
     const fine_t t = rel(clock_.now());
     if (due) *due = t;
+    if constexpr (gate_type::enabled) {
+      fine_t wait;
+      if (gate_.try_take(t, cost, wait) == FastOutcome::taken) [[likely]]
+        return AcquireResult::acquired();
+    }
     if (mutex_traits<Mutex>::try_enter_fast(mutex_)) {
       const bool taken = core_.take_fast(t, cost);
       mutex_traits<Mutex>::leave_fast(mutex_);
@@ -258,8 +281,11 @@ class WaitingBucket : public PermitIssuer<typename Core::cost_type> {
         return AcquireResult::acquired();
     }
     std::unique_lock lock(mutex_);
-    if (core_.take_fast(t, cost)) [[likely]]
+    gate_.close(core_);  // begin_locked reopens it before it unlocks (closed is always safe)
+    if (core_.take_fast(t, cost)) [[likely]] {
+      gate_.open(core_);
       return AcquireResult::acquired();
+    }
     return begin_locked(lock, t, cost, max_wait, make_node, queued, due);
   }
 
@@ -269,6 +295,7 @@ class WaitingBucket : public PermitIssuer<typename Core::cost_type> {
                                                fine_t max_wait, MakeNode& make_node, bool& queued, fine_t* due) {
     if (scheduler() == nullptr) {
       const AcquireResult r = core_.try_acquire(t, cost);
+      gate_.open(core_);
       if (r.status() != Status::not_now) return r;
       return AcquireResult::failed(Status::invalid, Reason::no_scheduler);
     }
@@ -278,11 +305,32 @@ class WaitingBucket : public PermitIssuer<typename Core::cost_type> {
     WaiterList done;  // earlier waiters found due on the way
     core_.take_ready(done);
     sync_timer();
+    gate_.open(core_);
     lock.unlock();
     complete_all(done);
     queued = a.queued;
     if (due && a.queued) *due = a.due;
     return a.result;
+  }
+
+  // For the length of a locked section (declared after a lock_guard): the
+  // gate's state is in the core, and the gate reopens (if the core allows)
+  // before the lock is released. A section that leaves by an exception
+  // leaves it closed at worst, which is always safe (admissions lock).
+  struct GateHeld {
+    explicit GateHeld(const WaitingBucket& b) noexcept : self(b) { self.gate_.close(self.core_); }
+    ~GateHeld() { self.gate_.open(self.core_); }
+    GateHeld(const GateHeld&) = delete;
+    GateHeld& operator=(const GateHeld&) = delete;
+    const WaitingBucket& self;
+  };
+
+  // Runs `f()` with the lock held and the gate's state in the core.
+  template <class F>
+  decltype(auto) locked(F&& f) const {
+    std::lock_guard lock(mutex_);
+    GateHeld held{*this};
+    return std::forward<F>(f)();
   }
 
   // Stop-token cancellation: completes `w` as cancelled unless already granted.
@@ -335,6 +383,7 @@ class WaitingBucket : public PermitIssuer<typename Core::cost_type> {
   scheduler_type* timer_owner_ = nullptr;
   mutable Mutex mutex_;
   mutable Core core_;  // mutable: reads also advance "latest time seen"
+  mutable gate_type gate_;  // lock-free admission while nobody waits (or nothing)
   TimerNode<Clock> timer_;
   fine_t armed_at_ = fine_max;
 };
