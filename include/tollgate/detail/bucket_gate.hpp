@@ -88,13 +88,12 @@ class BucketGate {
           return FastOutcome::taken;
       }
     }
-    return try_take_loop(now, cost, wait);
+    return try_take_loop(w, now, cost, wait);  // `w`: the word as last read (a failed CAS reads it)
   }
 
   /// The general case: any valid cost, refusals, and retries after a CAS
   /// lost to another thread.
-  [[gnu::noinline]] FastOutcome try_take_loop(fine_t now, double cost, fine_t& wait) noexcept {
-    u128 w = word_.load();
+  [[gnu::noinline]] FastOutcome try_take_loop(u128 w, fine_t now, double cost, fine_t& wait) noexcept {
     for (;;) {
       if (w & kClosedBit) return FastOutcome::locked;
       if (now < cfg_.floor.load()) return FastOutcome::locked;
