@@ -30,18 +30,31 @@ namespace ssl = net::ssl;
 using tcp = net::ip::tcp;
 using json = nlohmann::json;
 
-/// Prompt tokens, estimated as OpenAI's rule of thumb: about 4 characters a
-/// token, plus 4 tokens of framing per message. The mock upstream bills the
-/// same count, so the gateway's estimate of the prompt is exact here; with a
-/// real provider use its tokenizer (tiktoken) or keep a margin.
+/// Text tokens of a message's content, estimated as OpenAI's rule of thumb
+/// (about 4 characters a token): a string, or an array of parts whose
+/// `text` fields count (OpenAI's content parts, Anthropic's content blocks).
+inline std::int64_t content_tokens(const json& c) {
+  if (c.is_string()) return (std::int64_t(c.get_ref<const std::string&>().size()) + 3) / 4;
+  std::int64_t n = 0;
+  if (c.is_array())
+    for (const auto& part : c)
+      if (part.is_object() && part.contains("text")) n += content_tokens(part["text"]);
+  return n;
+}
+
+/// Prompt tokens: 4 tokens of framing per message plus its content, and an
+/// Anthropic request's `system` prompt. The mock upstream bills the same
+/// count, so the gateway's estimate of the prompt is exact here; with a real
+/// provider use its tokenizer (tiktoken) or keep a margin.
 inline std::int64_t prompt_tokens(const json& body) {
   std::int64_t n = 0;
   if (body.contains("messages") && body["messages"].is_array()) {
     for (const auto& m : body["messages"]) {
       n += 4;
-      if (m.contains("content") && m["content"].is_string()) n += (std::int64_t(m["content"].get_ref<const std::string&>().size()) + 3) / 4;
+      if (m.is_object() && m.contains("content")) n += content_tokens(m["content"]);
     }
   }
+  if (body.contains("system")) n += content_tokens(body["system"]);
   return n;
 }
 

@@ -59,7 +59,10 @@
 // for good. SIGINT/SIGTERM: stop accepting, answer the requests in flight,
 // exit 0.
 
+#include <algorithm>
 #include <cctype>
+#include <cmath>
+#include <functional>
 #include <chrono>
 #include <cstdlib>
 #include <csignal>
@@ -77,9 +80,11 @@
 #include <tollgate/boost_asio.hpp>
 #include <tollgate/shared_limit_set.hpp>
 #include <tollgate/upstream_feedback.hpp>
+#include <tollgate/output_estimator.hpp>
 #include <tollgate/upstream_headers.hpp>
 
 #include "llm_common.hpp"
+#include "provider.hpp"
 
 namespace {
 
@@ -93,15 +98,20 @@ using Feedback = tollgate::UpstreamFeedback<std::chrono::steady_clock, tollgate:
 using Request = http::request<http::string_body>;
 using Response = http::response<http::string_body>;
 
-// Per-minute limits whose burst (capacity) is `burst` seconds of refill: 60,
-// the whole minute, is how providers state them.
+// A tier: per-minute limits by dimension name, whose burst (capacity) is
+// `burst` seconds of refill (60, the whole minute, is how providers state
+// them), and its weight in the fair share.
 struct Tier {
-  double rpm = 0, tpm = 0, burst = 60, weight = 1;
+  std::map<std::string, double> per_minute;
+  double burst = 60, weight = 1;
 };
 
 struct Config {
   std::string listen = "127.0.0.1:8080", port_file, upstream, upstream_ca, upstream_key;
-  double rpm = 500, tpm = 30000, burst = 60;
+  Api api = Api::openai;
+  std::string anthropic_version = "2023-06-01";
+  double rpm = 500, tpm = 30000, itpm = 30000, otpm = 8000, burst = 60;
+  double output_quantile = 0.95;
   std::map<std::string, Tier> tiers;
   std::map<std::string, std::string> keys;  // API key -> tier
   std::chrono::milliseconds max_wait = 2000ms;
@@ -126,8 +136,28 @@ std::string read_secret_file(const std::string& path) {
 }
 
 std::int64_t positive(const std::string& name, const std::string& value) {
-  const long long v = std::stoll(value);
-  if (v <= 0) throw std::invalid_argument(name + " must be > 0, got " + value);
+  std::size_t used = 0;
+  long long v = 0;
+  try {
+    v = std::stoll(value, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != value.size() || v <= 0) throw std::invalid_argument(name + " must be an integer > 0, got \"" + value + "\"");
+  return v;
+}
+
+// A finite number > 0 (a rate, a burst, a weight), the whole string.
+double number(const std::string& name, const std::string& value) {
+  std::size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(value, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != value.size() || !(v > 0) || !std::isfinite(v))
+    throw std::invalid_argument(name + " must be a number > 0, got \"" + value + "\"");
   return v;
 }
 
@@ -136,6 +166,46 @@ std::vector<std::string> split(const std::string& s, char sep) {
   std::stringstream in(s);
   for (std::string part; std::getline(in, part, sep);) out.push_back(part);
   return out;
+}
+
+// The dimension a per-minute option names (rpm, tpm, itpm, otpm).
+const char* dimension_of(std::string_view option) {
+  if (option == "rpm") return "requests";
+  if (option == "tpm") return "tokens";
+  if (option == "itpm") return "input_tokens";
+  if (option == "otpm") return "output_tokens";
+  return nullptr;
+}
+
+std::string tier_name(const std::string& value) {
+  const std::string name = value.substr(0, value.find(':'));
+  if (name.empty()) throw std::invalid_argument("a tier needs a name, got " + value);
+  return name;
+}
+
+// NAME:RPM:TPM[:BURST_SECONDS[:WEIGHT]] (OpenAI's two limits by position), or
+// NAME:field=value:... with fields rpm, tpm, itpm, otpm, burst, weight.
+Tier parse_tier(const std::string& value) {
+  const auto p = split(value, ':');
+  const std::string what = "tier " + (p.empty() ? std::string() : p[0]);
+  Tier t;
+  if (p.size() >= 2 && p[1].find('=') != std::string::npos) {
+    for (std::size_t i = 1; i < p.size(); ++i) {
+      const auto eq = p[i].find('=');
+      const std::string field = p[i].substr(0, eq), v = eq == std::string::npos ? "" : p[i].substr(eq + 1);
+      if (const char* dim = dimension_of(field)) t.per_minute[dim] = number(what + " " + field, v);
+      else if (field == "burst") t.burst = number(what + " burst", v);
+      else if (field == "weight") t.weight = number(what + " weight", v);
+      else throw std::invalid_argument(what + ": unknown field \"" + field + "\" (rpm, tpm, itpm, otpm, burst, weight)");
+    }
+    return t;
+  }
+  if (p.size() < 3 || p.size() > 5)
+    throw std::invalid_argument("tier must be NAME:RPM:TPM[:BURST_SECONDS[:WEIGHT]] or NAME:rpm=N:otpm=N:..., got " + value);
+  t.per_minute = {{"requests", number(what + " RPM", p[1])}, {"tokens", number(what + " TPM", p[2])}};
+  if (p.size() >= 4) t.burst = number(what + " burst", p[3]);
+  if (p.size() == 5) t.weight = number(what + " weight", p[4]);
+  return t;
 }
 
 void apply_option(Config& c, const std::string& name, const std::string& value) {
@@ -154,17 +224,28 @@ void apply_option(Config& c, const std::string& name, const std::string& value) 
   else if (name == "max-header-bytes") c.max_header_bytes = std::uint32_t(positive(name, value));
   else if (name == "max-body-bytes") c.max_body_bytes = std::uint64_t(positive(name, value));
   else if (name == "max-usage-tokens") c.max_usage_tokens = positive(name, value);
-  else if (name == "rpm") c.rpm = std::stod(value);
-  else if (name == "tpm") c.tpm = std::stod(value);
-  else if (name == "burst-seconds") c.burst = std::stod(value);
+  else if (name == "provider") {
+    if (value == "openai") c.api = Api::openai;
+    else if (value == "anthropic") c.api = Api::anthropic;
+    else throw std::invalid_argument("provider must be openai or anthropic, got " + value);
+  } else if (name == "anthropic-version") {
+    if (value.empty() || value.find_first_of("\r\n") != std::string::npos)
+      throw std::invalid_argument("anthropic-version must be one line, got \"" + value + "\"");
+    c.anthropic_version = value;
+  }
+  else if (name == "rpm") c.rpm = number(name, value);
+  else if (name == "tpm") c.tpm = number(name, value);
+  else if (name == "itpm") c.itpm = number(name, value);
+  else if (name == "otpm") c.otpm = number(name, value);
+  else if (name == "output-quantile") {
+    c.output_quantile = number(name, value);
+    if (c.output_quantile > 1) throw std::invalid_argument("output-quantile must be in (0, 1], got " + value);
+  }
+  else if (name == "burst-seconds") c.burst = number(name, value);
   else if (name == "max-wait-ms") c.max_wait = std::chrono::milliseconds(std::stoll(value));
   else if (name == "default-max-tokens") c.default_max_tokens = std::stoll(value);
   else if (name == "tier") {
-    auto p = split(value, ':');
-    if (p.size() < 3 || p.size() > 5)
-      throw std::invalid_argument("tier must be NAME:RPM:TPM[:BURST_SECONDS[:WEIGHT]], got " + value);
-    c.tiers[p[0]] = Tier{std::stod(p[1]), std::stod(p[2]), p.size() >= 4 ? std::stod(p[3]) : 60.0,
-                         p.size() == 5 ? std::stod(p[4]) : 1.0};
+    c.tiers[tier_name(value)] = parse_tier(value);
   } else if (name == "sharing") {
     if (value == "fair") c.sharing = tollgate::Sharing::weighted_fair;
     else if (value == "fifo") c.sharing = tollgate::Sharing::fifo;
@@ -177,6 +258,8 @@ void apply_option(Config& c, const std::string& name, const std::string& value) 
     throw std::invalid_argument("unknown option " + name);
   }
 }
+
+std::vector<tollgate::Dimension> upstream_dims(const Config& c);
 
 Config parse_args(int argc, char** argv) {
   Config c;
@@ -203,11 +286,10 @@ Config parse_args(int argc, char** argv) {
           continue;
         }
         std::getline(words >> std::ws, value);
-        if (name == "tier") {  // "tier free 60 6000 [burst seconds [weight]]"
+        if (name == "tier") {  // "tier free 60 6000 [burst seconds [weight]]" or "tier free rpm=60 otpm=8000 ..."
           std::istringstream t(value);
-          std::string n, r, k, b, w;
-          t >> n >> r >> k >> b >> w;
-          value = n + ":" + r + ":" + k + (b.empty() ? "" : ":" + b) + (w.empty() ? "" : ":" + w);
+          value.clear();
+          for (std::string word; t >> word;) value += (value.empty() ? "" : ":") + word;
         } else if (name == "key") {
           std::istringstream t(value);
           std::string k, tier;
@@ -224,12 +306,37 @@ Config parse_args(int argc, char** argv) {
   if (c.upstream_key.empty())
     if (const char* k = std::getenv("TOLLGATE_UPSTREAM_KEY"); k && *k) c.upstream_key = k;
   for (const auto& [key, tier] : c.keys)
-    if (!c.tiers.count(tier)) throw std::invalid_argument("key " + key + " names an unknown tier " + tier);
+    if (!c.tiers.count(tier)) throw std::invalid_argument("a key names an unknown tier " + tier);
+  // A tier may cap only what the provider meters.
+  const std::vector<tollgate::Dimension> metered = upstream_dims(c);
+  for (const auto& [name, t] : c.tiers)
+    for (const auto& [dim, rate] : t.per_minute)
+      if (std::none_of(metered.begin(), metered.end(), [&](const tollgate::Dimension& d) { return d.name == dim; }))
+        throw std::invalid_argument("tier " + name + " limits " + dim + ", which the " +
+                                    (c.api == Api::anthropic ? "anthropic" : "openai") +
+                                    " upstream does not meter (" +
+                                    (c.api == Api::anthropic ? "requests, input_tokens, output_tokens" : "requests, tokens") +
+                                    ")");
   return c;
 }
 
-std::vector<tollgate::Dimension> dims(double rpm, double tpm, double burst) {
-  return {{"requests", Limit::per_minute(rpm, rpm / 60 * burst)}, {"tokens", Limit::per_minute(tpm, tpm / 60 * burst)}};
+// A per-minute limit whose burst is `burst` seconds of refill.
+Limit per_minute(double rate, double burst) { return Limit::per_minute(rate, rate / 60 * burst); }
+
+// The upstream's dimensions as its provider meters them: OpenAI requests and
+// (combined) tokens; Anthropic requests, input and output tokens.
+std::vector<tollgate::Dimension> upstream_dims(const Config& c) {
+  if (c.api == Api::anthropic)
+    return {{"requests", per_minute(c.rpm, c.burst)},
+            {"input_tokens", per_minute(c.itpm, c.burst)},
+            {"output_tokens", per_minute(c.otpm, c.burst)}};
+  return {{"requests", per_minute(c.rpm, c.burst)}, {"tokens", per_minute(c.tpm, c.burst)}};
+}
+
+std::vector<tollgate::Dimension> tier_dims(const Tier& t) {
+  std::vector<tollgate::Dimension> out;
+  for (const auto& [dim, rate] : t.per_minute) out.push_back({dim, per_minute(rate, t.burst)});
+  return out;
 }
 
 // The shared upstream set's options: one tier per configured tier (its
@@ -240,7 +347,7 @@ Shared::Options sharing_options(const Config& c) {
   auto index = std::make_shared<std::map<std::string, std::size_t>>();
   for (const auto& [name, t] : c.tiers) {
     (*index)[name] = o.tiers.size();
-    o.tiers.push_back({name, t.weight, dims(t.rpm, t.tpm, t.burst)});
+    o.tiers.push_back({name, t.weight, tier_dims(t)});
   }
   if (o.tiers.empty()) o.tiers.push_back({"default", 1, {}});  // no keys can be known then anyway
   auto keys = std::make_shared<std::map<std::string, std::string>>(c.keys);
@@ -253,11 +360,13 @@ Shared::Options sharing_options(const Config& c) {
   return o;
 }
 
-// A billed endpoint: its canonical path and how its body's cost is estimated.
+// A billed endpoint: its canonical path, how its body's cost is estimated,
+// and whether it answers `"stream": true` with server-sent events.
 struct Endpoint {
   const char* path;
   std::int64_t (*input)(const json&);                // prompt tokens
   std::int64_t (*output)(const json&, std::int64_t);  // output tokens, given the default max_tokens
+  bool streams = true;
 };
 
 std::int64_t text_tokens(const json& v) {  // a string, or an array of strings/messages
@@ -274,16 +383,21 @@ std::int64_t positive_field(const json& body, std::initializer_list<const char*>
   return fallback;
 }
 
-const Endpoint kEndpoints[] = {
+const Endpoint kOpenAiEndpoints[] = {
     {"/v1/chat/completions", [](const json& b) { return prompt_tokens(b); },
      [](const json& b, std::int64_t d) { return max_tokens(b, d); }},
     {"/v1/completions", [](const json& b) { return field_tokens(b, "prompt"); },
      [](const json& b, std::int64_t) { return positive_field(b, {"max_tokens"}, 16); }},
     {"/v1/responses", [](const json& b) { return field_tokens(b, "input") + field_tokens(b, "instructions"); },
      [](const json& b, std::int64_t d) { return positive_field(b, {"max_output_tokens"}, d); }},
-    {"/v1/embeddings", [](const json& b) { return field_tokens(b, "input"); }, [](const json&, std::int64_t) {
-       return std::int64_t{0};
-     }},
+    {"/v1/embeddings", [](const json& b) { return field_tokens(b, "input"); },
+     [](const json&, std::int64_t) { return std::int64_t{0}; }, false},
+};
+
+// Anthropic's Messages API: prompt = messages + system, output = max_tokens.
+const Endpoint kAnthropicEndpoints[] = {
+    {"/v1/messages", [](const json& b) { return prompt_tokens(b); },
+     [](const json& b, std::int64_t d) { return positive_field(b, {"max_tokens"}, d); }},
 };
 
 // The canonical form of a request target's path: duplicate slashes and "."
@@ -326,9 +440,10 @@ class Gateway {
         config_(std::move(config)),
         url_(Url::parse(config_.upstream)),
         timers_(io.get_executor()),
-        upstream_(dims(config_.rpm, config_.tpm, config_.burst), sharing_options(config_), std::chrono::steady_clock{},
+        upstream_(upstream_dims(config_), sharing_options(config_), std::chrono::steady_clock{},
                   &timers_),
-        feedback_(upstream_, feedback_options(config_.adaptive)),
+        feedback_(upstream_, feedback_options(config_)),
+        estimator_(estimator_options(config_)),
         acceptor_(io, parse_listen(config_.listen)) {
     if (url_.tls) {
       tls_.emplace(ssl::context::tls_client);
@@ -360,6 +475,14 @@ class Gateway {
   // A refused request's body up to this size is read and dropped to keep
   // the connection; a larger one is never read.
   static constexpr std::uint64_t kDrainBytes = 16 * 1024;
+  // An upstream answer read whole is at most this large; one server-sent
+  // event at most kMaxEventBytes. The upstream may be silent for
+  // kUpstreamIdle (a model thinking) before the call is abandoned; a client
+  // must take each write within kClientWrite.
+  static constexpr std::uint64_t kMaxUpstreamBody = 64 * 1024 * 1024;
+  static constexpr std::size_t kMaxEventBytes = 1024 * 1024;
+  static constexpr auto kUpstreamIdle = std::chrono::seconds(120);
+  static constexpr auto kClientWrite = std::chrono::seconds(30);
   // What the header alone decided: an answer now, or the key and endpoint.
   struct Screened {
     std::string key;
@@ -373,11 +496,21 @@ class Gateway {
     std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now(), admitted{};
     std::string note;
     bool maybe_sent = false;  // the upstream exchange broke after the request was written
+    unsigned status = 0;      // a streamed answer's status (the others are in their Response)
+    bool reusable = true;     // a streamed answer ended cleanly: the connection may serve another
   };
 
-  static Feedback::Options feedback_options(bool adaptive) {
+  static tollgate::OutputEstimator::Options estimator_options(const Config& c) {
+    tollgate::OutputEstimator::Options o;
+    o.quantile = c.output_quantile;
+    o.max_keys = 256;  // model names come from clients: bounded
+    return o;
+  }
+
+  static Feedback::Options feedback_options(const Config& c) {
     Feedback::Options o;
-    if (adaptive) o.adaptive = tollgate::AdaptiveRate{};
+    if (c.adaptive) o.adaptive = tollgate::AdaptiveRate{};
+    o.bindings = c.api == Api::anthropic ? tollgate::HeaderBindings::anthropic() : tollgate::HeaderBindings::openai();
     return o;
   }
 
@@ -438,7 +571,7 @@ class Gateway {
       Outcome out;
       auto screened = screen(parser.get(), out);
       if (auto* early = std::get_if<Response>(&screened)) {
-        log(parser.get(), *early, out);
+        log(parser.get(), early->result_int(), out);
         // A small body is read and dropped (never parsed) to keep the
         // connection; a large or chunked one is not read: the connection closes.
         const auto length = parser.content_length();
@@ -461,24 +594,28 @@ class Gateway {
         Response res = bec == http::error::body_limit ? plain(parser.get().version(), http::status::payload_too_large, "request body too large")
                                                       : plain(parser.get().version(), http::status::bad_request, "incomplete or malformed body");
         out.note = bec.message();
-        log(parser.get(), res, out);
+        log(parser.get(), res.result_int(), out);
         if (bec != beast::error::timeout) co_await reply_and_close(stream, std::move(res));
         break;
       }
       Request req = parser.release();
       const bool keep = req.keep_alive();
-      Response res;
+      std::optional<Response> answer;
       std::string failure;
       try {
-        res = co_await handle(req, std::get<Screened>(screened), out);
+        answer = co_await handle(stream, buffer, req, std::get<Screened>(screened), out);
       } catch (const std::exception& e) {
         failure = e.what();
+        answer = plain(req.version(), http::status::bad_gateway, "the gateway could not complete this request");
       }
-      if (!failure.empty()) {
-        res = plain(req.version(), http::status::bad_gateway, "the gateway could not complete this request");
-        out.note = "internal_error: " + failure;
+      if (!failure.empty()) out.note = "internal_error: " + failure;
+      if (!answer) {  // streamed already
+        log(req, out.status, out);
+        if (!out.reusable || !keep) break;
+        continue;
       }
-      log(req, res, out);
+      Response& res = *answer;
+      log(req, res.result_int(), out);
       res.keep_alive(keep && !stopping_);
       stream.expires_after(30s);
       auto [wec, wn] = co_await http::async_write(stream, res, net::as_tuple(net::use_awaitable));
@@ -495,10 +632,22 @@ class Gateway {
     co_await http::async_write(stream, res, net::as_tuple(net::use_awaitable));
   }
 
-  static Response plain(unsigned version, http::status s, const std::string& message, const char* type = "invalid_request_error") {
+  // An answer of the gateway's own, in the error format of the API it
+  // serves (OpenAI's `{"error": {...}}`, Anthropic's `{"type": "error", ...}`).
+  Response plain(unsigned version, http::status s, const std::string& message, const char* type = "invalid_request_error") const {
     Response res{s, version};
     res.set(http::field::content_type, "application/json");
-    res.body() = json{{"error", {{"message", message}, {"type", type}}}}.dump();
+    if (config_.api == Api::anthropic) {
+      const std::string_view t = type;
+      const char* kind = t == "rate_limit_exceeded" ? "rate_limit_error"
+                         : t == "invalid_api_key"   ? "authentication_error"
+                         : t == "upstream_error"    ? "api_error"
+                                                    : "invalid_request_error";
+      if (s == http::status::not_found) kind = "not_found_error";
+      res.body() = json{{"type", "error"}, {"error", {{"type", kind}, {"message", message}}}}.dump();
+    } else {
+      res.body() = json{{"error", {{"message", message}, {"type", type}}}}.dump();
+    }
     res.prepare_payload();
     return res;
   }
@@ -509,13 +658,16 @@ class Gateway {
   Response too_many(unsigned version, const std::string& key, const AcquireResult& r) {
     Response res = plain(version, http::status::too_many_requests, "rate limit: " + upstream_.message(r), "rate_limit_exceeded");
     res.set(http::field::retry_after, tollgate::retry_after_header(r.retry_after()));
+    // A dimension the key's tier caps has that policy; the others, the upstream's.
     const Tier& tier = config_.tiers.at(config_.keys.at(key));
-    const std::vector<tollgate::Dimension> own = dims(tier.rpm, tier.tpm, tier.burst);
     std::string policy, state;
     for (std::size_t i = 0; i < upstream_.size(); ++i) {
+      const std::string name(upstream_.name(i));
+      const auto own = tier.per_minute.find(name);
+      const Limit limit = own != tier.per_minute.end() ? per_minute(own->second, tier.burst) : upstream_.limit(i);
       const double left = std::min(upstream_.key_available(key, i), upstream_.available(i));
-      policy += (i ? ", " : "") + tollgate::ratelimit_policy_header(own[i].name, own[i].limit);
-      state += (i ? ", " : "") + tollgate::ratelimit_header(own[i].name, left, r.retry_after());
+      policy += (i ? ", " : "") + tollgate::ratelimit_policy_header(name, limit);
+      state += (i ? ", " : "") + tollgate::ratelimit_header(name, left, r.retry_after());
     }
     res.set("RateLimit-Policy", policy);
     res.set("RateLimit", state);
@@ -531,8 +683,13 @@ class Gateway {
     if (path.size() != target.size()) return plain(v, http::status::bad_request, "query strings are not accepted");
     const std::string canon = canonical_path(path);
     const Endpoint* endpoint = nullptr;
-    for (const Endpoint& e : kEndpoints)
-      if (canon == e.path) endpoint = &e;
+    if (config_.api == Api::anthropic) {
+      for (const Endpoint& e : kAnthropicEndpoints)
+        if (canon == e.path) endpoint = &e;
+    } else {
+      for (const Endpoint& e : kOpenAiEndpoints)
+        if (canon == e.path) endpoint = &e;
+    }
     if (!endpoint) return plain(v, http::status::not_found, "no such endpoint on this gateway");
     out.path = canon;
     if (h.method() != http::verb::post) {
@@ -540,122 +697,321 @@ class Gateway {
       res.set(http::field::allow, "POST");
       return res;
     }
+    // The client's key: `Authorization: Bearer <key>` (OpenAI's SDKs) or
+    // `x-api-key: <key>` (Anthropic's).
     const std::string_view auth(h[http::field::authorization].data(), h[http::field::authorization].size());
-    const std::string key = auth.rfind("Bearer ", 0) == 0 ? std::string(auth.substr(7)) : std::string();
+    const std::string_view api_key(h["x-api-key"].data(), h["x-api-key"].size());
+    const std::string key = auth.rfind("Bearer ", 0) == 0 ? std::string(auth.substr(7)) : std::string(api_key);
     out.key = fingerprint(key);
     if (!config_.keys.count(key)) return plain(v, http::status::unauthorized, "unknown API key", "invalid_api_key");
     // Work before admission: a key that cannot have even one request within
     // max_wait (its own limit, or its turn at the upstream) is refused before
     // its body is read or parsed.
-    Shared::Permit probe = upstream_.try_acquire_permit(key, {1, 0});
+    Shared::Permit probe = upstream_.try_acquire_permit(key, upstream_.costs({{"requests", 1}}));
     if (probe) probe.release();
     else if (probe.result().status() != tollgate::Status::not_now || probe.result().retry_after() > config_.max_wait)
       return too_many(v, key, probe.result());
     return Screened{key, endpoint, canon};
   }
 
-  net::awaitable<Response> handle(const Request& req, const Screened& who, Outcome& out) {
+  // The cost of a call as its provider counts it: OpenAI's tokens are the
+  // prompt plus max_tokens at admission; Anthropic's input at admission and
+  // output as produced (the caller passes the learned output estimate).
+  Costs cost_of(std::int64_t input, double output) const {
+    if (config_.api == Api::anthropic)
+      return upstream_.costs({{"requests", 1}, {"input_tokens", double(input)}, {"output_tokens", output}});
+    return upstream_.costs({{"requests", 1}, {"tokens", double(input) + output}});
+  }
+  // What the output estimator learns per: the model, when it is a short name.
+  static std::string model_key(const json& body) {
+    if (body.contains("model") && body["model"].is_string() && body["model"].get_ref<const std::string&>().size() <= 64)
+      return body["model"].get<std::string>();
+    return "(other)";
+  }
+
+  // An answer streamed to the client as it arrives (server-sent events).
+  struct Relay {
+    beast::tcp_stream& client;
+    beast::flat_buffer& pending;  // what the client sends meanwhile: the next request's bytes
+    unsigned version;
+    bool keep;
+    llm::StreamUsage usage;
+    http::fields upstream_fields{};  // the upstream's header (its rate-limit fields, for feedback at the end)
+    bool streamed = false;           // the client has the header: the answer is this stream
+    bool clean = false;              // ... and its end (the stream ended as HTTP says)
+    bool client_gone = false, watching = false, finished = false;
+    std::function<void()> cancel_upstream{};
+    std::optional<net::steady_timer> joined{};
+  };
+
+  // Answers a screened request: estimate, wait for the limits, forward,
+  // settle. Returns the answer to write, or nothing when it was streamed to
+  // `client` already (`out` says how that went).
+  net::awaitable<std::optional<Response>> handle(beast::tcp_stream& client, beast::flat_buffer& pending, const Request& req,
+                                                 const Screened& who, Outcome& out) {
     const unsigned v = req.version();
-    const json body = json::parse(req.body(), nullptr, false);
+    json body = json::parse(req.body(), nullptr, false);
     if (body.is_discarded() || !body.is_object()) co_return plain(v, http::status::bad_request, "the body is not a JSON object");
-    const double estimate_tokens = double(who.endpoint->input(body) + who.endpoint->output(body, config_.default_max_tokens));
-    out.estimate = estimate_tokens;
+    const std::int64_t input = who.endpoint->input(body);
+    const std::int64_t most = who.endpoint->output(body, config_.default_max_tokens);
+    const std::string model = model_key(body);
+    const double output = config_.api == Api::anthropic ? estimator_.estimate(model, double(most)) : double(most);
+    const Costs estimate_costs = cost_of(input, output);
+    out.estimate = double(input) + output;
+    const bool stream = who.endpoint->streams && body.contains("stream") && body["stream"] == true;
+    // OpenAI reports a stream's usage only when asked to: the gateway asks,
+    // and keeps that chunk from a client that did not.
+    std::string upstream_body = req.body();
+    bool drop_usage = false;
+    if (stream && config_.api == Api::openai && std::string_view(who.endpoint->path) != "/v1/responses") {
+      json& so = body["stream_options"];
+      if (!so.is_object() || !so.contains("include_usage") || so["include_usage"] != true) {
+        if (!so.is_object()) so = json::object();
+        so["include_usage"] = true;
+        drop_usage = true;
+        upstream_body = body.dump();
+      }
+    }
     // The key's own limits and the shared upstream, as one operation: its
     // turn among the keys (by weight), then both at one instant or neither.
-    const tollgate::KeyedCosts estimate = upstream_.keyed(who.key, Costs{1, estimate_tokens});
+    const tollgate::KeyedCosts estimate = upstream_.keyed(who.key, estimate_costs);
     const AcquireResult got =
         co_await tollgate::boost_asio::async_acquire(upstream_, estimate, config_.max_wait, net::use_awaitable);
     if (!got) {
       co_return got.status() == tollgate::Status::not_now ? too_many(v, who.key, got)
                                                           : plain(v, http::status::bad_request, upstream_.message(got));
     }
+    // Unsettled (an exception below), the permit keeps the estimate charged.
+    Shared::Permit permit(upstream_, estimate, got);
     out.admitted = std::chrono::steady_clock::now();
-    Response res;
-    try {
-      res = co_await forward(who.path, req.body(), v, out);
-    } catch (...) {
-      settle(estimate, estimate_tokens, out);  // it may have reached the provider: keep the estimate
-      throw;
-    }
+    std::optional<Relay> relay;
+    if (stream)
+      relay.emplace(Relay{client, pending, v, req.keep_alive(), llm::StreamUsage(config_.api, config_.max_usage_tokens, drop_usage)});
+    std::optional<Response> res = co_await forward(who.path, std::move(upstream_body), v, out, relay ? &*relay : nullptr);
 
-    // Settle both sets at the real usage, then feed the upstream's answer back.
+    if (relay && relay->streamed) {
+      // Settled from the stream's own usage; a stream cut short keeps the
+      // estimate for what it does not know (Anthropic's input is known
+      // from message_start).
+      Costs actual = estimate_costs;
+      if (const auto u = relay->usage.complete()) {
+        actual = cost_of(u->input, double(u->output));
+        out.actual = double(u->total());
+        if (config_.api == Api::anthropic) estimator_.observe(model, double(u->output));
+      } else {
+        if (const auto started = relay->usage.started()) actual = cost_of(started->input, output);
+        out.actual = actual.size() == 3 ? actual[1] + actual[2] : actual[1];
+        out.note = relay->client_gone ? "client_gone: the stream was cut; unknown usage keeps the estimate"
+                   : relay->usage.invalid() ? "usage_invalid: the estimate stands"
+                                            : "usage_missing: the stream ended without usage; the estimate stands";
+      }
+      out.status = 200;
+      out.reusable = relay->clean && !relay->client_gone;
+      const http::fields& f = relay->upstream_fields;
+      feedback_.complete(permit, actual, 200, [&f](std::string_view name) -> std::optional<std::string_view> {
+        auto it = f.find(beast::string_view(name.data(), name.size()));
+        if (it == f.end()) return std::nullopt;
+        return std::string_view(it->value().data(), it->value().size());
+      });
+      co_return std::nullopt;
+    }
+    if (!res) res = plain(v, http::status::bad_gateway, "the upstream could not be reached", "upstream_error");
+
     const auto header = [&res](std::string_view name) -> std::optional<std::string_view> {
-      auto it = res.find(beast::string_view(name.data(), name.size()));
-      if (it == res.end()) return std::nullopt;
+      auto it = res->find(beast::string_view(name.data(), name.size()));
+      if (it == res->end()) return std::nullopt;
       return std::string_view(it->value().data(), it->value().size());
     };
     std::string code;
-    const json answer = json::parse(res.body(), nullptr, false);
+    const json answer = json::parse(res->body(), nullptr, false);
     if (answer.is_object() && answer.contains("error") && answer["error"].is_object()) {
       const json& e = answer["error"];
       for (const char* k : {"code", "type"})
         if (code.empty() && e.contains(k) && e[k].is_string()) code = e[k].get<std::string>();
     }
     // The request was sent (it counts). A 200's tokens are its usage when the
-    // usage is believable, else the estimate; other answers cost no tokens.
-    double actual_tokens = out.maybe_sent ? estimate_tokens : 0;  // unknown: the estimate stands
-    if (res.result() == http::status::ok) {
-      const std::optional<double> used = usage_tokens(answer);
-      if (used) {
-        actual_tokens = *used;
+    // usage is believable, else the estimate; other answers cost no tokens
+    // (an exchange that broke after the request was written may have been
+    // billed: the estimate stands).
+    Costs actual = out.maybe_sent ? estimate_costs : cost_of(0, 0);
+    out.actual = out.maybe_sent ? out.estimate : 0;
+    if (res->result() == http::status::ok) {
+      const json usage = answer.is_object() && answer.contains("usage") ? answer["usage"] : json();
+      if (const auto u = read_usage(usage, config_.max_usage_tokens, config_.api)) {
+        actual = cost_of(u->input, double(u->output));
+        out.actual = double(u->total());
+        if (config_.api == Api::anthropic) estimator_.observe(model, double(u->output));
       } else {
-        actual_tokens = estimate_tokens;
-        out.note = answer.is_object() && answer.contains("usage") ? "usage_invalid: the estimate stands" : "usage_missing: the estimate stands";
+        actual = estimate_costs;
+        out.actual = out.estimate;
+        out.note = usage.is_null() ? "usage_missing: the estimate stands" : "usage_invalid: the estimate stands";
       }
     }
-    // Settle first, then feed the answer back: the provider's remaining count
-    // already includes this call, so a refund after the correction would lift
-    // the shared set above it (UpstreamFeedback::complete's order).
-    settle(estimate, actual_tokens, out);
-    feedback_.on_response(static_cast<int>(res.result_int()), header, code);
+    // Settle first, then feed the answer back (UpstreamFeedback::complete):
+    // the provider's remaining count already includes this call.
+    feedback_.complete(permit, actual, static_cast<int>(res->result_int()), header, code);
     co_return res;
   }
 
-  // Settles the key's limits and the shared set at once.
-  void settle(const tollgate::KeyedCosts& estimate, double actual_tokens, Outcome& out) {
-    out.actual = actual_tokens;
-    upstream_.settle(estimate, Costs{1, actual_tokens});
+  // The request the upstream gets: the canonical path, the body, the
+  // upstream's own key and headers. None of the client's headers travel
+  // (its key least of all).
+  Request upstream_request(const std::string& path, std::string body) const {
+    Request req{http::verb::post, path, 11};
+    req.set(http::field::host, url_.host);
+    req.set(http::field::content_type, "application/json");
+    req.set(http::field::user_agent, "tollgate-llm-gateway");
+    if (config_.api == Api::anthropic) {
+      req.set("anthropic-version", config_.anthropic_version);
+      if (!config_.upstream_key.empty()) req.set("x-api-key", config_.upstream_key);
+    } else if (!config_.upstream_key.empty()) {
+      req.set(http::field::authorization, "Bearer " + config_.upstream_key);
+    }
+    req.body() = std::move(body);
+    req.keep_alive(false);
+    req.prepare_payload();
+    return req;
   }
 
-  // The tokens an answer's `usage` reports (total_tokens, else prompt +
-  // completion or input + output), or nothing when absent or not
-  // believable: each value must be an integer in [0, --max-usage-tokens].
-  std::optional<double> usage_tokens(const json& answer) const {
-    if (!answer.is_object() || !answer.contains("usage") || !answer["usage"].is_object()) return std::nullopt;
-    const json& u = answer["usage"];
-    auto value = [&](const char* k) -> std::optional<std::int64_t> {
-      if (!u.contains(k)) return std::nullopt;
-      const json& x = u[k];
-      if (!x.is_number_integer()) return std::int64_t{-1};  // present but not an integer: invalid
-      if (x.is_number_unsigned() && x.get<std::uint64_t>() > std::uint64_t(config_.max_usage_tokens)) return std::int64_t{-1};
-      const std::int64_t n = x.get<std::int64_t>();
-      return n < 0 || n > config_.max_usage_tokens ? std::int64_t{-1} : n;
-    };
-    const auto total = value("total_tokens");
-    const auto in = value("prompt_tokens") ? value("prompt_tokens") : value("input_tokens");
-    const auto outp = value("completion_tokens") ? value("completion_tokens") : value("output_tokens");
-    for (const auto& x : {total, in, outp})
-      if (x && *x < 0) return std::nullopt;
-    if (total) return double(*total);
-    if (in || outp) {
-      const std::int64_t sum = in.value_or(0) + outp.value_or(0);
-      if (sum > config_.max_usage_tokens) return std::nullopt;
-      return double(sum);
+  // While an answer streams, reads the client's side of the connection:
+  // bytes it sends (a pipelined request) are kept for later; its going away
+  // (EOF or an error) cancels the upstream call. The relay stops it by
+  // cancelling the read, and waits for it (`joined`).
+  net::awaitable<void> watch_client(Relay& r) {
+    while (!r.finished) {
+      auto [ec, n] = co_await r.client.socket().async_read_some(r.pending.prepare(4096), net::as_tuple(net::use_awaitable));
+      if (ec) {
+        if (!r.finished) {
+          r.client_gone = true;
+          if (r.cancel_upstream) r.cancel_upstream();
+        }
+        break;
+      }
+      r.pending.commit(n);
+      if (r.pending.size() > kDrainBytes) break;  // enough for later: stop reading
     }
-    return std::nullopt;
+    r.watching = false;
+    r.joined->cancel();
+  }
+
+  // Relays a streamed answer: the client gets a chunked text/event-stream
+  // response, one chunk per read that completed events; the stream's usage
+  // is read on the way. Anything but a 200 event stream is read whole.
+  template <class Stream>
+  net::awaitable<std::optional<Response>> relay_stream(Stream& stream, Relay& r, Outcome& out) {
+    beast::flat_buffer buffer;
+    http::response_parser<http::buffer_body> parser;
+    parser.body_limit(boost::none);
+    beast::get_lowest_layer(stream).expires_after(kUpstreamIdle);
+    auto [hec, hn] = co_await http::async_read_header(stream, buffer, parser, net::as_tuple(net::use_awaitable));
+    if (hec) {
+      out.note = "upstream read: " + hec.message();
+      co_return std::nullopt;
+    }
+    auto& head = parser.get();
+    const beast::string_view type = head[http::field::content_type];
+    char chunk[16 * 1024];
+    if (head.result() != http::status::ok || type.substr(0, 17) != "text/event-stream") {
+      // An error (or a non-streamed answer): read whole, up to a bound.
+      Response res{head.result(), r.version};
+      for (const auto& f : head) res.set(f.name_string(), f.value());
+      std::string& body = res.body();
+      while (!parser.is_done()) {
+        head.body().data = chunk;
+        head.body().size = sizeof chunk;
+        beast::get_lowest_layer(stream).expires_after(kUpstreamIdle);
+        auto [ec, n] = co_await http::async_read(stream, buffer, parser, net::as_tuple(net::use_awaitable));
+        if (ec && ec != http::error::need_buffer) {
+          out.note = "upstream read: " + ec.message();
+          co_return std::nullopt;
+        }
+        body.append(chunk, sizeof chunk - head.body().size);
+        if (body.size() > kMaxUpstreamBody) {
+          out.note = "upstream answer too large";
+          co_return std::nullopt;
+        }
+      }
+      res.prepare_payload();
+      out.maybe_sent = false;
+      co_return res;
+    }
+    out.maybe_sent = false;  // the upstream took the call
+    r.upstream_fields = static_cast<const http::fields&>(head);
+    http::response<http::empty_body> to_client{http::status::ok, r.version};
+    to_client.set(http::field::content_type, "text/event-stream");
+    to_client.set(http::field::cache_control, "no-cache");
+    to_client.keep_alive(r.keep && !stopping_);
+    to_client.chunked(true);
+    http::response_serializer<http::empty_body> sr{to_client};
+    r.client.expires_after(kClientWrite);
+    auto [wec, wn] = co_await http::async_write_header(r.client, sr, net::as_tuple(net::use_awaitable));
+    r.streamed = true;
+    if (wec) {
+      r.client_gone = true;
+      co_return std::nullopt;
+    }
+    r.cancel_upstream = [&stream] { beast::get_lowest_layer(stream).cancel(); };
+    r.joined.emplace(r.client.get_executor(), net::steady_timer::time_point::max());
+    r.watching = true;
+    net::co_spawn(r.client.get_executor(), watch_client(r), net::detached);
+    llm::SseSplitter events(kMaxEventBytes);
+    for (;;) {
+      head.body().data = chunk;
+      head.body().size = sizeof chunk;
+      beast::get_lowest_layer(stream).expires_after(kUpstreamIdle);
+      auto [ec, n] = co_await http::async_read_some(stream, buffer, parser, net::as_tuple(net::use_awaitable));
+      if (ec && ec != http::error::need_buffer) {
+        if (!r.client_gone) out.note = "upstream stream: " + ec.message();
+        break;
+      }
+      std::string forward;
+      try {
+        events.feed(std::string_view(chunk, sizeof chunk - head.body().size));
+        while (auto e = events.next())
+          if (r.usage.on_event(*e)) forward += e->raw;
+      } catch (const std::length_error& e) {
+        out.note = std::string("upstream stream: ") + e.what();
+        break;
+      }
+      if (parser.is_done()) forward += events.rest();
+      if (!forward.empty()) {
+        r.client.expires_after(kClientWrite);
+        auto [cec, cn] = co_await net::async_write(r.client, http::make_chunk(net::buffer(forward)), net::as_tuple(net::use_awaitable));
+        if (cec) {
+          r.client_gone = true;
+          break;
+        }
+      }
+      if (parser.is_done()) {
+        r.client.expires_after(kClientWrite);
+        auto [lec, ln] = co_await net::async_write(r.client, http::make_chunk_last(), net::as_tuple(net::use_awaitable));
+        r.clean = !lec;
+        break;
+      }
+    }
+    r.finished = true;
+    if (r.watching) {
+      beast::error_code ignored;
+      r.client.socket().cancel(ignored);
+      co_await r.joined->async_wait(net::as_tuple(net::use_awaitable));
+    }
+    co_return std::nullopt;
   }
 
   template <class Stream>
-  net::awaitable<std::optional<Response>> exchange(Stream& stream, Request& req, Outcome& out) {
+  net::awaitable<std::optional<Response>> exchange(Stream& stream, Request& req, Outcome& out, Relay* relay) {
+    beast::get_lowest_layer(stream).expires_after(30s);
     auto [wec, wn] = co_await http::async_write(stream, req, net::as_tuple(net::use_awaitable));
     out.maybe_sent = true;  // part of it may have reached the provider, which may bill it
     if (wec) {
       out.note = "upstream write: " + wec.message();
       co_return std::nullopt;
     }
+    if (relay) co_return co_await relay_stream(stream, *relay, out);
     beast::flat_buffer buffer;
     http::response_parser<http::string_body> parser;
-    parser.body_limit(64 * 1024 * 1024);
+    parser.body_limit(kMaxUpstreamBody);
+    beast::get_lowest_layer(stream).expires_after(kUpstreamIdle);
     auto [rec, rn] = co_await http::async_read(stream, buffer, parser, net::as_tuple(net::use_awaitable));
     if (rec) {
       out.note = "upstream read: " + rec.message();
@@ -665,26 +1021,18 @@ class Gateway {
     co_return parser.release();
   }
 
-  // A fresh request to the upstream (HTTP or HTTPS), one connection per
-  // request: the canonical path, the body, the upstream's own key. None of
-  // the client's headers travel (its key least of all). Failures answer a
-  // generic 502; the reason goes to the log.
-  net::awaitable<Response> forward(const std::string& path, const std::string& body, unsigned version, Outcome& out) {
+  // One call to the upstream (HTTP or HTTPS) on a connection of its own.
+  // Returns its answer; nothing when it failed (the reason is in `out.note`)
+  // or was streamed to the client (`relay->streamed`).
+  net::awaitable<std::optional<Response>> forward(const std::string& path, std::string body, unsigned version, Outcome& out,
+                                                  Relay* relay) {
     auto ex = co_await net::this_coro::executor;
-    Request req{http::verb::post, path, 11};
-    req.set(http::field::host, url_.host);
-    req.set(http::field::content_type, "application/json");
-    req.set(http::field::user_agent, "tollgate-llm-gateway");
-    if (!config_.upstream_key.empty()) req.set(http::field::authorization, "Bearer " + config_.upstream_key);
-    req.body() = body;
-    req.keep_alive(false);
-    req.prepare_payload();
-    const Response unavailable = plain(version, http::status::bad_gateway, "the upstream could not be reached", "upstream_error");
+    Request req = upstream_request(path, std::move(body));
     tcp::resolver resolver(ex);
     auto [rec, endpoints] = co_await resolver.async_resolve(url_.host, url_.port, net::as_tuple(net::use_awaitable));
     if (rec) {
       out.note = "upstream resolve: " + rec.message();
-      co_return unavailable;
+      co_return std::nullopt;
     }
     std::optional<Response> res;
     if (url_.tls) {
@@ -695,31 +1043,35 @@ class Gateway {
       auto [cec, ep] = co_await beast::get_lowest_layer(stream).async_connect(endpoints, net::as_tuple(net::use_awaitable));
       if (cec) {
         out.note = "upstream connect: " + cec.message();
-        co_return unavailable;
+        co_return std::nullopt;
       }
       auto [hec] = co_await stream.async_handshake(ssl::stream_base::client, net::as_tuple(net::use_awaitable));
       if (hec) {
         out.note = "upstream TLS: " + hec.message();
-        co_return unavailable;
+        co_return std::nullopt;
       }
-      res = co_await exchange(stream, req, out);
-      auto [sec] = co_await stream.async_shutdown(net::as_tuple(net::use_awaitable));
-      (void)sec;
+      res = co_await exchange(stream, req, out, relay);
+      if (relay && relay->client_gone) {
+        beast::get_lowest_layer(stream).close();  // the call is abandoned: no orderly goodbye
+      } else {
+        beast::get_lowest_layer(stream).expires_after(5s);
+        auto [sec] = co_await stream.async_shutdown(net::as_tuple(net::use_awaitable));
+        (void)sec;
+      }
     } else {
       beast::tcp_stream stream(ex);
       stream.expires_after(30s);
       auto [cec, ep] = co_await stream.async_connect(endpoints, net::as_tuple(net::use_awaitable));
       if (cec) {
         out.note = "upstream connect: " + cec.message();
-        co_return unavailable;
+        co_return std::nullopt;
       }
-      res = co_await exchange(stream, req, out);
+      res = co_await exchange(stream, req, out, relay);
       beast::error_code ignored;
       stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
     }
-    if (!res) co_return unavailable;
-    res->version(version);
-    co_return std::move(*res);
+    if (res) res->version(version);
+    co_return res;
   }
 
   // One JSON line per request: the key's fingerprint (never the key), the
@@ -727,14 +1079,14 @@ class Gateway {
   // the limits, the total time, the admission instant (steady clock, ns; 0
   // when not admitted), and a note (why the estimate stood, what failed).
   // JSON escapes whatever a client put in the path.
-  void log(const http::request_header<>& req, const Response& res, const Outcome& o) const {
+  void log(const http::request_header<>& req, unsigned status, const Outcome& o) const {
     const auto now = std::chrono::steady_clock::now();
     const bool admitted = o.admitted != std::chrono::steady_clock::time_point{};
     json line = {{"event", "request"},
                  {"key", o.key},
                  {"method", std::string(req.method_string())},
                  {"path", o.path},
-                 {"status", res.result_int()},
+                 {"status", status},
                  {"est", o.estimate},
                  {"actual", o.actual},
                  {"wait_ms", admitted ? std::chrono::duration<double, std::milli>(o.admitted - o.started).count() : 0.0},
@@ -756,6 +1108,7 @@ class Gateway {
   tollgate::boost_asio::TimerScheduler<> timers_;
   Shared upstream_;
   Feedback feedback_;
+  tollgate::OutputEstimator estimator_;
   tcp::acceptor acceptor_;
   std::list<Conn*> conns_;
   std::uint64_t refused_connections_ = 0;
