@@ -29,7 +29,8 @@
 // accepted connection). For tests of a hostile upstream, a request body's
 // "mock_usage" is sent back verbatim as `usage` (the string "omit": no usage
 // at all), "mock_chunks" sets how many content events a stream has (up to
-// 100,000) and "mock_chunk_ms" their spacing. With --tls-dir it serves HTTPS
+// 100,000), "mock_chunk_ms" their spacing, and "mock_huge_event" puts an
+// event of that many bytes (up to 8 MiB) first. With --tls-dir it serves HTTPS
 // with a self-signed certificate it writes to DIR/cert.pem.
 
 #include <algorithm>
@@ -268,7 +269,10 @@ net::awaitable<Reply> handle(Mock& m, const http::request<http::string_body>& re
     head.set(http::field::cache_control, "no-cache");
     head.keep_alive(req.keep_alive());
     rate_headers(head, m, anthropic);
-    co_return Reply{std::move(head), stream_events(anthropic, body, id, model, prompt, completion, chunks, usage), gap};
+    auto events = stream_events(anthropic, body, id, model, prompt, completion, chunks, usage);
+    if (const long huge = count("mock_huge_event", 0, 8 << 20); huge > 0)  // one event of that many bytes, first
+      events.insert(events.begin(), "data: " + std::string(std::size_t(huge), 'x') + "\n\n");
+    co_return Reply{std::move(head), std::move(events), gap};
   }
   json answer;
   if (anthropic) {

@@ -35,6 +35,7 @@
 #include <nlohmann/json.hpp>
 
 #include "e2e_support.hpp"
+#include "raw_http.hpp"
 
 namespace {
 
@@ -46,94 +47,7 @@ using tge2e::spawn;
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
-
-// A blocking client socket with a receive timeout.
-int connect_to(unsigned short port, std::chrono::milliseconds timeout = 10s) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return -1;
-  timeval tv{static_cast<time_t>(timeout.count() / 1000), static_cast<suseconds_t>(timeout.count() % 1000 * 1000)};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
-
-bool send_all(int fd, const std::string& s) {
-  for (std::size_t off = 0; off < s.size();) {
-    const ssize_t n = send(fd, s.data() + off, s.size() - off, MSG_NOSIGNAL);
-    if (n <= 0) return false;
-    off += std::size_t(n);
-  }
-  return true;
-}
-
-// Reads one HTTP response (headers + Content-Length body), or what came
-// before the peer closed or the timeout. Empty: nothing at all.
-std::string read_response(int fd) {
-  std::string got;
-  char buf[8192];
-  for (;;) {
-    const auto end = got.find("\r\n\r\n");
-    if (end != std::string::npos) {
-      std::size_t length = 0;
-      std::istringstream in(got.substr(0, end));
-      for (std::string line; std::getline(in, line);) {
-        for (auto& ch : line) ch = char(std::tolower(static_cast<unsigned char>(ch)));
-        if (line.rfind("content-length:", 0) == 0) length = std::stoul(line.substr(15));
-      }
-      if (got.size() >= end + 4 + length) return got.substr(0, end + 4 + length);
-    }
-    const ssize_t n = recv(fd, buf, sizeof buf, 0);
-    if (n <= 0) return got;
-    got.append(buf, std::size_t(n));
-  }
-}
-
-int status_of(const std::string& response) {
-  if (response.rfind("HTTP/1.", 0) != 0 || response.size() < 12) return 0;
-  return std::stoi(response.substr(9, 3));
-}
-std::string body_of(const std::string& response) {
-  const auto end = response.find("\r\n\r\n");
-  return end == std::string::npos ? "" : response.substr(end + 4);
-}
-
-// True when the peer closes the connection (EOF or reset) before `within`.
-bool closed_by_peer(int fd, std::chrono::milliseconds within) {
-  const auto until = Clock::now() + within;
-  char buf[256];
-  while (Clock::now() < until) {
-    const ssize_t n = recv(fd, buf, sizeof buf, 0);
-    if (n == 0) return true;
-    if (n < 0) return errno == ECONNRESET;  // EAGAIN: the receive timeout passed
-  }
-  return false;
-}
-
-std::string post(const std::string& target, const std::string& key, const std::string& body,
-                 const std::string& extra = "", const std::string& version = "HTTP/1.1") {
-  std::string r = "POST " + target + " " + version + "\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n";
-  if (!key.empty()) r += "Authorization: Bearer " + key + "\r\n";
-  r += extra;
-  r += "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
-  return r;
-}
-
-// One request on a fresh connection; the response.
-std::string once(unsigned short port, const std::string& raw) {
-  const int fd = connect_to(port);
-  if (fd < 0) return "";
-  send_all(fd, raw);
-  std::string r = read_response(fd);
-  close(fd);
-  return r;
-}
+using namespace tge2e::raw;
 
 const std::string kChat = R"({"model":"mock-1","messages":[{"role":"user","content":"hello"}],"max_tokens":20})";
 
@@ -325,6 +239,27 @@ int main(int argc, char** argv) {
                                               " of 6 admitted in " + std::to_string(secs) + " s; " + std::to_string(fit) + " fit)");
   }
 
+  // 4b. A hostile upstream's stream: an event of 2 MiB (over the gateway's
+  //     1 MiB bound) and a final usage chunk with absurd counts.
+  {
+    const std::string ask = R"({"model":"mock-1","messages":[{"role":"user","content":"hi"}],"max_tokens":20,"stream":true)";
+    const int fd = connect_to(port);
+    send_all(fd, post("/v1/chat/completions", victim, ask + R"(,"mock_huge_event":2097152})"));
+    std::string got;
+    char buf[65536];
+    for (ssize_t n; (n = recv(fd, buf, sizeof buf, 0)) > 0;) got.append(buf, std::size_t(n));  // until the gateway closes
+    close(fd);
+    check(status_of(got) == 200 && got.find("\r\n0\r\n\r\n") == std::string::npos && got.size() < 1024 * 1024,
+          "hostile upstream: an oversized event cuts the stream (no clean end; " + std::to_string(got.size()) +
+              " bytes reached the client)");
+    const std::string absurd = once_stream(port, post("/v1/chat/completions", victim,
+                                                     ask + R"(,"stream_options":{"include_usage":true},"mock_usage":{"prompt_tokens":-7,"completion_tokens":1e300}})"));
+    check(status_of(absurd) == 200 && absurd.find("\r\n0\r\n\r\n") != std::string::npos,
+          "hostile upstream: a stream with absurd usage is relayed whole");
+    const int v = status_of(once(port, post("/v1/chat/completions", victim, kChat, "Connection: close\r\n")));
+    check(v == 200, "hostile upstream: the key is usable after the hostile streams (" + std::to_string(v) + ")");
+  }
+
   // 5. Secrets: a key with quotes and spaces; a dead upstream's 502.
   const std::string forged = "sk \"x\" status=200 key=admin\nfake";
   (void)once(port, post("/v1/chat/completions", forged, kChat, "Connection: close\r\n"));
@@ -359,7 +294,7 @@ int main(int argc, char** argv) {
     }
   }
   check(parsed > 100 && bad == 0, "secrets: every log line is one JSON object (" + std::to_string(parsed) + " lines)");
-  check(notes >= 8, "hostile upstream: the invalid and missing usage is logged (" + std::to_string(notes) + ")");
+  check(notes >= 9, "hostile upstream: the invalid and missing usage is logged (" + std::to_string(notes) + ")");
   for (const std::string& secret : {victim, std::string("sk-bystander-bbbb"), std::string("sk-tiny-cccc"), upstream_key,
                                    std::string("status=200 key=admin")})
     check(gw.rest.find(secret) == std::string::npos, "secrets: the log does not contain \"" + secret.substr(0, 6) + "...\"");

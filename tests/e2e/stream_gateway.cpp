@@ -1,0 +1,254 @@
+// End to end: streamed answers through llm_gateway, for both upstream APIs,
+// against the real mock upstream on 127.0.0.1. Checked, at any pace:
+//   - OpenAI: a `"stream": true` answer arrives as a chunked event stream
+//     ending in `data: [DONE]`; the gateway asked for the usage chunk and
+//     kept it from a client that did not ask; a client that asked gets it;
+//     each call is settled at the usage the stream reported (the log's
+//     `actual`), and the connection serves the next request;
+//   - a client that goes away mid-stream: the gateway cancels the upstream
+//     call (the mock sees its reader go), logs `client_gone`, keeps serving;
+//     and since the client had an event while the upstream was still
+//     producing, the answer was relayed as it came, not buffered whole;
+//   - Anthropic: x-api-key and anthropic-version reach the mock (it refuses
+//     calls without them), streamed and whole answers are settled at
+//     message_start's input plus message_delta's output, a client may
+//     authenticate with x-api-key or a bearer token, and the gateway's own
+//     errors are in Anthropic's format.
+//
+//   usage: stream_gateway MOCK_BINARY GATEWAY_BINARY WORK_DIR
+
+#include <signal.h>
+
+#include <cstdio>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "e2e_support.hpp"
+#include "raw_http.hpp"
+
+namespace {
+
+using tge2e::check;
+using tge2e::Child;
+using tge2e::finish;
+using tge2e::port_of;
+using tge2e::spawn;
+using json = nlohmann::json;
+using namespace tge2e::raw;
+
+// Reads until `needle` is in what arrived (or the peer closes, or the
+// receive timeout passes); returns everything read so far.
+std::string read_until(int fd, const std::string& needle, std::string got = {}) {
+  char buf[4096];
+  while (got.find(needle) == std::string::npos) {
+    const ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    got.append(buf, std::size_t(n));
+  }
+  return got;
+}
+
+// A whole chunked response (through its last, empty chunk).
+std::string read_chunked(int fd) { return read_until(fd, "\r\n0\r\n\r\n"); }
+
+// The JSON objects on the `data:` lines of a stream's body (chunk framing
+// lines are not JSON and are skipped).
+std::vector<json> data_objects(const std::string& body) {
+  std::vector<json> out;
+  std::size_t at = 0;
+  while ((at = body.find("data: ", at)) != std::string::npos) {
+    const std::size_t end = body.find('\n', at);
+    const json j = json::parse(body.substr(at + 6, end - at - 6), nullptr, false);
+    if (j.is_object()) out.push_back(j);
+    at = end;
+  }
+  return out;
+}
+
+json mock_stats(unsigned short mock_port) {
+  const std::string r = once(mock_port, "GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  return json::parse(body_of(r), nullptr, false);
+}
+
+// The gateway's request log lines, in order.
+std::vector<json> request_lines(const std::string& log) {
+  std::vector<json> out;
+  std::istringstream in(log);
+  for (std::string line; std::getline(in, line);) {
+    const json j = json::parse(line, nullptr, false);
+    if (j.is_object() && j.value("event", "") == "request") out.push_back(j);
+  }
+  return out;
+}
+
+std::string header_value(const std::string& response, const std::string& name) {
+  std::istringstream in(response.substr(0, response.find("\r\n\r\n")));
+  for (std::string line; std::getline(in, line);) {
+    std::string lower = line;
+    for (auto& ch : lower) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+    if (lower.rfind(name + ":", 0) == 0) {
+      std::string v = line.substr(name.size() + 1);
+      while (!v.empty() && (v.front() == ' ')) v.erase(0, 1);
+      while (!v.empty() && (v.back() == '\r' || v.back() == ' ')) v.pop_back();
+      return v;
+    }
+  }
+  return "";
+}
+
+Child start_gateway(const std::string& gateway_bin, const std::string& upstream, const std::string& key,
+                    std::vector<std::string> extra) {
+  std::vector<std::string> args = {gateway_bin, "--listen", "127.0.0.1:0", "--upstream", upstream, "--max-wait-ms", "2000"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  Child c;
+  spawn(c, args, {{{"TOLLGATE_UPSTREAM_KEY", key}}, 0});
+  return c;
+}
+
+int stop(Child& c) {
+  kill(c.pid, SIGTERM);
+  return finish(c);
+}
+
+void openai_phase(const std::string& gateway_bin, const std::string& upstream, unsigned short mock_port, const std::string& key) {
+  Child gw = start_gateway(gateway_bin, upstream, key,
+                           {"--rpm", "600000", "--tpm", "600000000", "--tier", "big:600000:600000000", "--key", "sk-stream:big"});
+  const unsigned short port = port_of(gw.first_line);
+  const std::string ask = R"({"model":"mock-1","messages":[{"role":"user","content":"stream me something"}],"max_tokens":80,"stream":true)";
+  std::map<std::string, std::int64_t> totals;  // what each answer's usage said
+
+  // Two streams and a whole answer on one connection.
+  const int fd = connect_to(port);
+  send_all(fd, post("/v1/chat/completions", "sk-stream", ask + "}"));
+  const std::string plain = read_chunked(fd);
+  check(status_of(plain) == 200 && header_value(plain, "content-type") == "text/event-stream" &&
+            header_value(plain, "transfer-encoding") == "chunked",
+        "openai: a streamed answer is a chunked text/event-stream");
+  const auto chunks = data_objects(plain);
+  bool any_usage = false, content = false;
+  for (const json& c : chunks) {
+    if (c.contains("usage") && c["usage"].is_object()) any_usage = true;
+    if (c.value("object", "") == "chat.completion.chunk" && !c["choices"].empty()) content = true;
+  }
+  check(content && plain.find("data: [DONE]") != std::string::npos, "openai: content chunks, then data: [DONE]");
+  check(!any_usage, "openai: the usage chunk the gateway asked for is kept from a client that did not ask");
+
+  send_all(fd, post("/v1/chat/completions", "sk-stream", ask + R"(,"stream_options":{"include_usage":true}})"));
+  const std::string with_usage = read_chunked(fd);
+  for (const json& c : data_objects(with_usage))
+    if (c.contains("usage") && c["usage"].is_object()) totals["asked"] = c["usage"].value("total_tokens", -1);
+  check(status_of(with_usage) == 200 && totals.count("asked"),
+        "openai: a client that asked for the usage chunk gets it (same connection, after a stream)");
+
+  send_all(fd, post("/v1/chat/completions", "sk-stream", R"({"model":"mock-1","messages":[{"role":"user","content":"whole"}],"max_tokens":80})"));
+  const std::string whole = read_response(fd);
+  const json answer = json::parse(body_of(whole), nullptr, false);
+  if (answer.is_object() && answer.contains("usage")) totals["whole"] = answer["usage"].value("total_tokens", -1);
+  check(status_of(whole) == 200 && totals.count("whole"), "openai: a whole answer on the same connection");
+  close(fd);
+
+  // A client that goes away mid-stream: 2,000 events 10 ms apart (20 s).
+  const long cut_before = mock_stats(mock_port).value("streams_cut", -1L);
+  const int quitter = connect_to(port);
+  send_all(quitter, post("/v1/chat/completions", "sk-stream",
+                         ask + R"(,"mock_chunks":2000,"mock_chunk_ms":10})"));
+  const std::string first = read_until(quitter, "chat.completion.chunk");
+  const bool had_event = first.find("chat.completion.chunk") != std::string::npos;
+  close(quitter);
+  long cut_after = cut_before;
+  for (int i = 0; i < 300 && cut_after <= cut_before; ++i) {  // up to 30 s
+    std::this_thread::sleep_for(100ms);
+    cut_after = mock_stats(mock_port).value("streams_cut", -1L);
+  }
+  check(had_event && cut_after == cut_before + 1,
+        "openai: the client had an event while the upstream was still producing, then left: the upstream call was "
+        "cancelled (mock streams_cut " + std::to_string(cut_before) + " -> " + std::to_string(cut_after) + ")");
+  const std::string after = once_stream(port, post("/v1/chat/completions", "sk-stream", ask + "}"));
+  check(status_of(after) == 200, "openai: the gateway serves the next client");
+
+  const int code = stop(gw);
+  check(code == 0, "openai: the gateway exits 0");
+  const auto lines = request_lines(gw.rest);
+  check(lines.size() == 5, "openai: one log line per request (" + std::to_string(lines.size()) + ")");
+  if (lines.size() == 5) {
+    check(lines[1].value("actual", -1.0) == double(totals["asked"]),
+          "openai: the stream is settled at its reported usage (" + lines[1].dump() + ")");
+    check(lines[2].value("actual", -1.0) == double(totals["whole"]), "openai: the whole answer at its usage");
+    const double a0 = lines[0].value("actual", -1.0), e0 = lines[0].value("est", -1.0);
+    check(a0 > 0 && a0 < e0 && !lines[0].contains("note"),
+          "openai: the stream whose usage chunk was dropped is settled at that usage, below the estimate (" +
+              lines[0].dump() + ")");
+    check(lines[3].value("note", "").rfind("client_gone", 0) == 0 && lines[3].value("actual", -1.0) == lines[3].value("est", -2.0),
+          "openai: the cut stream is logged client_gone and keeps its estimate (" + lines[3].dump() + ")");
+  }
+}
+
+void anthropic_phase(const std::string& gateway_bin, const std::string& upstream, const std::string& key) {
+  Child gw = start_gateway(gateway_bin, upstream, key,
+                           {"--provider", "anthropic", "--rpm", "600000", "--itpm", "600000000", "--otpm", "600000000",
+                            "--tier", "big:rpm=600000:otpm=600000000:weight=2", "--key", "sk-claude:big"});
+  const unsigned short port = port_of(gw.first_line);
+  const std::string ask =
+      R"({"model":"claude-mock","system":"be brief","messages":[{"role":"user","content":[{"type":"text","text":"stream me"}]}],"max_tokens":200)";
+
+  const std::string streamed = once_stream(port, post("/v1/messages", "", ask + R"(,"stream":true})", "x-api-key: sk-claude\r\n"));
+  std::int64_t input = -1, output = -1;
+  std::vector<std::string> types;
+  for (const json& e : data_objects(streamed)) {
+    types.push_back(e.value("type", ""));
+    if (types.back() == "message_start") input = e["message"]["usage"].value("input_tokens", -1);
+    if (types.back() == "message_delta") output = e["usage"].value("output_tokens", -1);
+  }
+  check(status_of(streamed) == 200 && !types.empty() && types.front() == "message_start" && types.back() == "message_stop" &&
+            input > 0 && output > 0,
+        "anthropic: a streamed answer, message_start to message_stop (" + std::to_string(types.size()) + " events)");
+
+  const std::string whole = once(port, post("/v1/messages", "sk-claude", ask + "}"));
+  const json answer = json::parse(body_of(whole), nullptr, false);
+  std::int64_t whole_total = -1;
+  if (answer.is_object() && answer.contains("usage"))
+    whole_total = answer["usage"].value("input_tokens", 0) + answer["usage"].value("output_tokens", 0);
+  check(status_of(whole) == 200 && whole_total > 0,
+        "anthropic: a whole answer, with a bearer token (the mock required x-api-key and anthropic-version)");
+
+  const std::string unknown = once(port, post("/v1/messages", "", ask + "}", "x-api-key: sk-nobody\r\n"));
+  const json err = json::parse(body_of(unknown), nullptr, false);
+  check(status_of(unknown) == 401 && err.is_object() && err.value("type", "") == "error" &&
+            err["error"].value("type", "") == "authentication_error",
+        "anthropic: an unknown key gets 401 in Anthropic's error format");
+  const std::string openai_path = once(port, post("/v1/chat/completions", "sk-claude", "{}"));
+  check(status_of(openai_path) == 404, "anthropic: OpenAI's paths are not served by an Anthropic gateway");
+
+  const int code = stop(gw);
+  check(code == 0, "anthropic: the gateway exits 0");
+  const auto lines = request_lines(gw.rest);
+  check(lines.size() == 4 && lines[0].value("actual", -1.0) == double(input + output) &&
+            lines[1].value("actual", -1.0) == double(whole_total),
+        "anthropic: both settled at input + output as reported (" + (lines.empty() ? std::string() : lines[0].dump()) + ")");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 4) return std::fprintf(stderr, "usage: stream_gateway MOCK GATEWAY WORKDIR\n"), 2;
+  const std::string mock_bin = argv[1], gateway_bin = argv[2];
+  signal(SIGPIPE, SIG_IGN);
+  const std::string key = "sk-upstream-stream-secret";
+  Child mock;
+  spawn(mock,
+        {mock_bin, "--listen", "127.0.0.1:0", "--rpm", "600000", "--tpm", "600000000", "--itpm", "600000000", "--otpm",
+         "600000000", "--latency-ms", "1", "--chunk-ms", "1", "--require-key-env", "MOCK_KEY"},
+        {{{"MOCK_KEY", key}}, 0});
+  const unsigned short mock_port = port_of(mock.first_line);
+  const std::string upstream = "http://127.0.0.1:" + std::to_string(mock_port);
+  openai_phase(gateway_bin, upstream, mock_port, key);
+  anthropic_phase(gateway_bin, upstream, key);
+  kill(mock.pid, SIGTERM);
+  finish(mock);
+  std::printf("%s: %d failure(s)\n", tge2e::failures ? "FAILED" : "passed", tge2e::failures);
+  return tge2e::failures ? 1 : 0;
+}
