@@ -107,7 +107,9 @@ class LimitSet : public detail::WaitingBucket<detail::SetCore, Clock, Mutex> {
   AcquireResult try_acquire(const Costs& costs) { return try_acquire_at(clock_.now(), costs); }
   AcquireResult try_acquire_at(time_point now, const Costs& costs) {
     // Through mutate: waiters found due on the way are completed too.
-    return this->mutate_at(rel(now), [&](Core& core, fine_t t, detail::WaiterList&) { return core.try_acquire(t, costs); });
+    return this->told(costs, this->mutate_at(rel(now), [&](Core& core, fine_t t, detail::WaiterList&) {
+      return core.try_acquire(t, costs);
+    }));
   }
 
   /// Waits (FIFO, without blocking a thread) until every dimension has its

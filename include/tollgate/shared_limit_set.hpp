@@ -174,7 +174,7 @@ class SharedLimitSet : public detail::WaitingBucket<detail::FairCore, Clock, Mut
     return try_acquire_hashed(Hash{}(key), key, costs);
   }
   AcquireResult try_acquire(const KeyedCosts& c) {
-    return this->mutate([&](Core& core, fine_t now, detail::WaiterList&) { return core.try_acquire(now, c); });
+    return this->told(c, this->mutate([&](Core& core, fine_t now, detail::WaiterList&) { return core.try_acquire(now, c); }));
   }
 
   /// Waits (without blocking a thread) for the key's turn and the tokens.
@@ -357,6 +357,13 @@ class SharedLimitSet : public detail::WaitingBucket<detail::FairCore, Clock, Mut
 
   template <class K>
   AcquireResult try_acquire_hashed(std::size_t h, const K& key, const Costs& costs) {
+    const AcquireResult r = try_acquire_unheard(h, key, costs);
+    if (this->listener()) [[unlikely]]
+      (void)this->told(KeyedCosts(costs), r);
+    return r;
+  }
+  template <class K>
+  AcquireResult try_acquire_unheard(std::size_t h, const K& key, const Costs& costs) {
     if (detail::key_bytes(key) > options_.max_key_bytes) [[unlikely]]
       return too_long(key);
     const fine_t t = rel(clock_.now());

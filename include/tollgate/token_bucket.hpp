@@ -108,17 +108,17 @@ class TokenBucket : public detail::WaitingBucket<detail::BucketCore, Clock, Mute
     if constexpr (Base::gate_type::enabled) {
       detail::fine_t wait;
       switch (gate_.try_take(t, cost, wait)) {
-        case detail::FastOutcome::taken: return AcquireResult::acquired();
-        case detail::FastOutcome::refused: return AcquireResult::not_now(detail::to_ns_ceil(wait));
+        case detail::FastOutcome::taken: return this->told(cost, AcquireResult::acquired());
+        case detail::FastOutcome::refused: return this->told(cost, AcquireResult::not_now(detail::to_ns_ceil(wait)));
         case detail::FastOutcome::locked: break;
       }
     }
     if (mutex_traits<Mutex>::try_enter_fast(mutex_)) {
       const AcquireResult r = core_.try_acquire(t, cost);
       mutex_traits<Mutex>::leave_fast(mutex_);
-      return r;
+      return this->told(cost, r);
     }
-    return this->locked([&] { return core_.try_acquire(t, cost); });
+    return this->told(cost, this->locked([&] { return core_.try_acquire(t, cost); }));
   }
 
   /// Returns an awaitable that takes `cost`, waiting in FIFO order as long as

@@ -14,7 +14,7 @@ mkdir -p "$out/inc" "$out/obj"
 ln -sfn /usr/include/catch2 "$out/inc/catch2"  # the header only, not the host's other headers
 flags=(-std=c++20 -O1 -Wall -Wextra -Wpedantic -Werror -Iinclude -Itests/support "-I$out/inc")
 core="test_core_table test_token_bucket test_acquire test_conformance test_registry test_stress test_biased_mutex
-      test_hostile test_upstream_headers test_limit_set test_upstream_feedback test_defects test_reserve test_output_estimator test_int128 test_link_a
+      test_hostile test_upstream_headers test_limit_set test_upstream_feedback test_defects test_reserve test_output_estimator test_listener test_int128 test_link_a
       test_shared_limit_set test_keyed_limit_sets test_holds test_lock_free
       test_link_b"
 objs=()

@@ -26,6 +26,7 @@ class alignas(64) BucketCore {
   using cost_type = double;
   using waiter_type = Waiter;
   static void set_cost(Waiter& w, double cost) noexcept { w.cost = cost; }
+  static const double& cost_of(const Waiter& w) noexcept { return w.cost; }
   static void check_amount(const char* who, const char* what, double v, const double* = nullptr) {
     detail::check_amount(who, what, v);
   }

@@ -84,6 +84,7 @@ class FairCore {
   static constexpr std::uint32_t none = ~std::uint32_t{0};
 
   static void set_cost(FairWaiter& w, const KeyedCosts& c) noexcept { w.request = c; }
+  static const KeyedCosts& cost_of(const FairWaiter& w) noexcept { return w.request; }
   static void check_amount(const char* who, const char* what, const KeyedCosts& v, const KeyedCosts* like = nullptr) {
     SetCore::check_amount(who, what, v.costs(), like ? &like->costs() : nullptr);
   }

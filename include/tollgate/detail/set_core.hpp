@@ -63,6 +63,7 @@ class SetCore {
   using cost_type = Costs;
   using waiter_type = SetWaiter;
   static void set_cost(SetWaiter& w, const Costs& c) noexcept { w.costs = c; }
+  static const Costs& cost_of(const SetWaiter& w) noexcept { return w.costs; }
 
   /// Throws `std::invalid_argument` unless every value of `v` is finite and
   /// >= 0 and (when `like` is given) `v` has as many values as `*like`.

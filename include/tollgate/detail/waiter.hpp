@@ -22,6 +22,7 @@ struct Waiter {
   double cost = 0;
   fine_t interval;  // cost in fine time at the current rate
   fine_t deadline;  // latest acceptable completion (fine, bucket-relative)
+  fine_t queued_at = 0;  // when it was queued (fine, bucket-relative): a listener's `waited`
   WaiterPlace place = WaiterPlace::none;
   Status outcome = Status::acquired;
   Reason reason = Reason::none;

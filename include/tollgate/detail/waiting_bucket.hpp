@@ -25,6 +25,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "../listener.hpp"
 #include "../mutex_traits.hpp"
 #include "../permit.hpp"
 #include "../result.hpp"
@@ -97,6 +98,12 @@ class WaitingBucket : public PermitIssuer<typename Core::cost_type> {
     const fine_t f = to_fine(d);
     if (f > 0) pause(std::min(f, kFar), true);
   }
+
+  /// Sets the listener that receives this bucket's events (see Listener);
+  /// nullptr removes it. Without one, an event costs one load and a branch.
+  void set_listener(Listener<cost_type>* listener) noexcept { listener_.store(listener, std::memory_order_release); }
+  /// The listener set, if any.
+  Listener<cost_type>* listener() const noexcept { return listener_.load(std::memory_order_acquire); }
 
   /// How many waiters are queued and not yet due.
   std::size_t waiters() const {
@@ -196,9 +203,11 @@ class WaitingBucket : public PermitIssuer<typename Core::cost_type> {
   decltype(auto) mutate_at(fine_t t, F&& f) {
     WaiterList finished;
     struct Completer {
+      const WaitingBucket& self;
       WaiterList& list;
-      ~Completer() { complete_all(list); }
-    } completer{finished};
+      fine_t t;
+      ~Completer() { self.finish_all(list, t); }
+    } completer{*this, finished, t};
     std::lock_guard lock(mutex_);
     gate_.close(core_);
     // `finished` outlives the lock guard: waiters complete after it unlocks.
@@ -219,7 +228,53 @@ class WaitingBucket : public PermitIssuer<typename Core::cost_type> {
 
   // A pause until `v` (bucket-relative), or for `v` from now if `relative`.
   void pause(fine_t v, bool relative) {
-    mutate([&](Core& core, fine_t t, WaiterList& finished) { core.pause_until(t, relative ? t + v : v, finished); });
+    fine_t from = 0;
+    mutate([&](Core& core, fine_t t, WaiterList& finished) {
+      from = t;
+      core.pause_until(t, relative ? t + v : v, finished);
+    });
+    if (Listener<cost_type>* l = listener()) [[unlikely]] {
+      const fine_t len = relative ? v : v - from;
+      l->on_event(BucketEvent<cost_type>{BucketEventKind::paused, nullptr, AcquireResult::acquired(),
+                                         std::chrono::nanoseconds(len > 0 ? ns_of(len) : 0)});
+    }
+  }
+
+  // Whole ns of a non-negative fine duration, rounded up, saturated.
+  static std::int64_t ns_of(fine_t d) noexcept {
+    const fine_t ns = ceil_ns(d);
+    return ns > fine_t(std::numeric_limits<std::int64_t>::max()) ? std::numeric_limits<std::int64_t>::max()
+                                                                   : static_cast<std::int64_t>(ns);
+  }
+
+  // Reports a decision made at once (admitted or refused) to the listener,
+  // if any, and returns it.
+  [[gnu::always_inline]] AcquireResult told(const cost_type& cost, AcquireResult r) const noexcept {
+    if (Listener<cost_type>* l = listener_.load(std::memory_order_acquire)) [[unlikely]]
+      tell(*l, cost, r);
+    return r;
+  }
+  [[gnu::noinline]] static void tell(Listener<cost_type>& l, const cost_type& cost, const AcquireResult& r) noexcept {
+    l.on_event(BucketEvent<cost_type>{r.ok() ? BucketEventKind::admitted : BucketEventKind::refused, &cost, r});
+  }
+
+  // Completes `list` (with no lock held), first reporting each waiter to the
+  // listener, if any: granted (waited), cancelled, or refused (timed out).
+  void finish_all(WaiterList& list, fine_t t) const noexcept {
+    if (!list.empty())
+      if (Listener<cost_type>* l = listener_.load(std::memory_order_acquire)) [[unlikely]]
+        tell_finished(*l, list, t);
+    complete_all(list);
+  }
+  [[gnu::noinline]] static void tell_finished(Listener<cost_type>& l, const WaiterList& list, fine_t t) noexcept {
+    for (const Waiter* w = list.front(); w; w = w->next) {
+      const BucketEventKind kind = w->outcome == Status::acquired    ? BucketEventKind::waited
+                                   : w->outcome == Status::cancelled ? BucketEventKind::cancelled
+                                                                     : BucketEventKind::refused;
+      const fine_t in_queue = t - w->queued_at;
+      l.on_event(BucketEvent<cost_type>{kind, &Core::cost_of(static_cast<const waiter_type&>(*w)), waiter_result(*w),
+                                        std::chrono::nanoseconds(in_queue > 0 ? ns_of(in_queue) : 0)});
+    }
   }
 
   static AcquireResult cancelled_result() noexcept {
@@ -272,19 +327,20 @@ class WaitingBucket : public PermitIssuer<typename Core::cost_type> {
     if constexpr (gate_type::enabled) {
       fine_t wait;
       if (gate_.try_take(t, cost, wait) == FastOutcome::taken) [[likely]]
-        return AcquireResult::acquired();
+        return told(cost, AcquireResult::acquired());
     }
     if (mutex_traits<Mutex>::try_enter_fast(mutex_)) {
       const bool taken = core_.take_fast(t, cost);
       mutex_traits<Mutex>::leave_fast(mutex_);
       if (taken) [[likely]]
-        return AcquireResult::acquired();
+        return told(cost, AcquireResult::acquired());
     }
     std::unique_lock lock(mutex_);
     gate_.close(core_);  // begin_locked reopens it before it unlocks (closed is always safe)
     if (core_.take_fast(t, cost)) [[likely]] {
       gate_.open(core_);
-      return AcquireResult::acquired();
+      lock.unlock();
+      return told(cost, AcquireResult::acquired());
     }
     return begin_locked(lock, t, cost, max_wait, make_node, queued, due);
   }
@@ -296,21 +352,24 @@ class WaitingBucket : public PermitIssuer<typename Core::cost_type> {
     if (scheduler() == nullptr) {
       const AcquireResult r = core_.try_acquire(t, cost);
       gate_.open(core_);
-      if (r.status() != Status::not_now) return r;
-      return AcquireResult::failed(Status::invalid, Reason::no_scheduler);
+      lock.unlock();
+      if (r.status() != Status::not_now) return told(cost, r);
+      return told(cost, AcquireResult::failed(Status::invalid, Reason::no_scheduler));
     }
     // admit() decides everything else (it takes, refuses or queues), so the
     // node is built whenever the fast path did not take the cost.
-    const Admission a = core_.admit(t, make_node(), max_wait);
+    waiter_type& node = make_node();
+    node.queued_at = t;
+    const Admission a = core_.admit(t, node, max_wait);
     WaiterList done;  // earlier waiters found due on the way
     core_.take_ready(done);
     sync_timer();
     gate_.open(core_);
     lock.unlock();
-    complete_all(done);
+    finish_all(done, t);
     queued = a.queued;
     if (due && a.queued) *due = a.due;
-    return a.result;
+    return a.queued ? a.result : told(cost, a.result);
   }
 
   // For the length of a locked section (declared after a lock_guard): the
@@ -384,6 +443,7 @@ class WaitingBucket : public PermitIssuer<typename Core::cost_type> {
   mutable Mutex mutex_;
   mutable Core core_;  // mutable: reads also advance "latest time seen"
   mutable gate_type gate_;  // lock-free admission while nobody waits (or nothing)
+  std::atomic<Listener<cost_type>*> listener_{nullptr};
   TimerNode<Clock> timer_;
   fine_t armed_at_ = fine_max;
 };
