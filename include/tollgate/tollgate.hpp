@@ -9,6 +9,7 @@
 #include "limit.hpp"            // IWYU pragma: export
 #include "limit_set.hpp"        // IWYU pragma: export
 #include "limit_set_like.hpp"   // IWYU pragma: export
+#include "listener.hpp"         // IWYU pragma: export
 #include "mutex_traits.hpp"     // IWYU pragma: export
 #include "null_mutex.hpp"       // IWYU pragma: export
 #include "output_estimator.hpp" // IWYU pragma: export
