@@ -84,6 +84,7 @@
 #include <tollgate/upstream_headers.hpp>
 
 #include "llm_common.hpp"
+#include "metrics.hpp"
 #include "provider.hpp"
 
 namespace {
@@ -112,6 +113,8 @@ struct Config {
   std::string anthropic_version = "2023-06-01";
   double rpm = 500, tpm = 30000, itpm = 30000, otpm = 8000, burst = 60;
   double output_quantile = 0.95;
+  std::string metrics_listen;  // empty: no metrics listener
+  std::size_t metrics_max_keys = 100;
   std::map<std::string, Tier> tiers;
   std::map<std::string, std::string> keys;  // API key -> tier
   std::chrono::milliseconds max_wait = 2000ms;
@@ -217,6 +220,8 @@ void apply_option(Config& c, const std::string& name, const std::string& value) 
     throw std::invalid_argument("the upstream key is not taken from the command line or the config file: set "
                                 "TOLLGATE_UPSTREAM_KEY or give --upstream-key-file");
   else if (name == "upstream-key-file") c.upstream_key = read_secret_file(value);
+  else if (name == "metrics-listen") c.metrics_listen = value;
+  else if (name == "metrics-max-keys") c.metrics_max_keys = std::size_t(positive(name, value));
   else if (name == "max-connections") c.max_connections = std::size_t(positive(name, value));
   else if (name == "idle-timeout-ms") c.idle_timeout = std::chrono::milliseconds(positive(name, value));
   else if (name == "header-timeout-ms") c.header_timeout = std::chrono::milliseconds(positive(name, value));
@@ -439,12 +444,15 @@ class Gateway {
       : io_(io),
         config_(std::move(config)),
         url_(Url::parse(config_.upstream)),
+        metrics_(config_.metrics_max_keys),
         timers_(io.get_executor()),
         upstream_(upstream_dims(config_), sharing_options(config_), std::chrono::steady_clock{},
                   &timers_),
         feedback_(upstream_, feedback_options(config_)),
         estimator_(estimator_options(config_)),
         acceptor_(io, parse_listen(config_.listen)) {
+    upstream_.set_listener(&metrics_);
+    if (!config_.metrics_listen.empty()) metrics_acceptor_.emplace(io, parse_listen(config_.metrics_listen));
     if (url_.tls) {
       tls_.emplace(ssl::context::tls_client);
       tls_->set_verify_mode(ssl::verify_peer);
@@ -453,9 +461,18 @@ class Gateway {
     }
   }
 
-  unsigned short port() const { return acceptor_.local_endpoint().port(); }
+  ~Gateway() { upstream_.set_listener(nullptr); }
 
-  void start() { net::co_spawn(io_, accept_loop(), net::detached); }
+  unsigned short port() const { return acceptor_.local_endpoint().port(); }
+  std::optional<unsigned short> metrics_port() const {
+    if (!metrics_acceptor_) return std::nullopt;
+    return metrics_acceptor_->local_endpoint().port();
+  }
+
+  void start() {
+    net::co_spawn(io_, accept_loop(), net::detached);
+    if (metrics_acceptor_) net::co_spawn(io_, metrics_loop(), net::detached);
+  }
 
   // SIGINT/SIGTERM: no new connections; idle connections close; requests in
   // flight are answered, then their connections close.
@@ -463,6 +480,7 @@ class Gateway {
     stopping_ = true;
     beast::error_code ignored;
     acceptor_.close(ignored);
+    if (metrics_acceptor_) metrics_acceptor_->close(ignored);
     for (Conn* c : conns_)
       if (c->idle) c->stream->socket().cancel(ignored);
   }
@@ -498,6 +516,11 @@ class Gateway {
     bool maybe_sent = false;  // the upstream exchange broke after the request was written
     unsigned status = 0;      // a streamed answer's status (the others are in their Response)
     bool reusable = true;     // a streamed answer ended cleanly: the connection may serve another
+    // For the metrics: a known key's tier and what became of its request
+    // (admitted, refused, invalid); none: answered before admission.
+    std::string tier;
+    const char* outcome = nullptr;
+    bool health = false;  // a health check: not a request of anyone's
   };
 
   static tollgate::OutputEstimator::Options estimator_options(const Config& c) {
@@ -682,6 +705,10 @@ class Gateway {
     out.path = std::string(path);
     if (path.size() != target.size()) return plain(v, http::status::bad_request, "query strings are not accepted");
     const std::string canon = canonical_path(path);
+    if (canon == "/healthz" && h.method() == http::verb::get) {
+      out.health = true;
+      return health(v);
+    }
     const Endpoint* endpoint = nullptr;
     if (config_.api == Api::anthropic) {
       for (const Endpoint& e : kAnthropicEndpoints)
@@ -703,14 +730,19 @@ class Gateway {
     const std::string_view api_key(h["x-api-key"].data(), h["x-api-key"].size());
     const std::string key = auth.rfind("Bearer ", 0) == 0 ? std::string(auth.substr(7)) : std::string(api_key);
     out.key = fingerprint(key);
-    if (!config_.keys.count(key)) return plain(v, http::status::unauthorized, "unknown API key", "invalid_api_key");
+    const auto known = config_.keys.find(key);
+    if (known == config_.keys.end()) return plain(v, http::status::unauthorized, "unknown API key", "invalid_api_key");
+    out.tier = known->second;
     // Work before admission: a key that cannot have even one request within
     // max_wait (its own limit, or its turn at the upstream) is refused before
     // its body is read or parsed.
     Shared::Permit probe = upstream_.try_acquire_permit(key, upstream_.costs({{"requests", 1}}));
     if (probe) probe.release();
     else if (probe.result().status() != tollgate::Status::not_now || probe.result().retry_after() > config_.max_wait)
+    {
+      out.outcome = "refused";
       return too_many(v, key, probe.result());
+    }
     return Screened{key, endpoint, canon};
   }
 
@@ -751,7 +783,10 @@ class Gateway {
                                                  const Screened& who, Outcome& out) {
     const unsigned v = req.version();
     json body = json::parse(req.body(), nullptr, false);
-    if (body.is_discarded() || !body.is_object()) co_return plain(v, http::status::bad_request, "the body is not a JSON object");
+    if (body.is_discarded() || !body.is_object()) {
+      out.outcome = "invalid";
+      co_return plain(v, http::status::bad_request, "the body is not a JSON object");
+    }
     const std::int64_t input = who.endpoint->input(body);
     const std::int64_t most = who.endpoint->output(body, config_.default_max_tokens);
     const std::string model = model_key(body);
@@ -775,12 +810,19 @@ class Gateway {
     // The key's own limits and the shared upstream, as one operation: its
     // turn among the keys (by weight), then both at one instant or neither.
     const tollgate::KeyedCosts estimate = upstream_.keyed(who.key, estimate_costs);
+    prometheus::Gauge& queued = metrics_.queued(out.tier);
+    queued.Increment();
+    const auto asked = std::chrono::steady_clock::now();
     const AcquireResult got =
         co_await tollgate::boost_asio::async_acquire(upstream_, estimate, config_.max_wait, net::use_awaitable);
+    queued.Decrement();
     if (!got) {
-      co_return got.status() == tollgate::Status::not_now ? too_many(v, who.key, got)
-                                                          : plain(v, http::status::bad_request, upstream_.message(got));
+      const bool not_now = got.status() == tollgate::Status::not_now;
+      out.outcome = not_now ? "refused" : "invalid";
+      co_return not_now ? too_many(v, who.key, got) : plain(v, http::status::bad_request, upstream_.message(got));
     }
+    out.outcome = "admitted";
+    metrics_.waited(out.tier, std::chrono::duration<double>(std::chrono::steady_clock::now() - asked).count());
     // Unsettled (an exception below), the permit keeps the estimate charged.
     Shared::Permit permit(upstream_, estimate, got);
     out.admitted = std::chrono::steady_clock::now();
@@ -807,6 +849,8 @@ class Gateway {
       }
       out.status = 200;
       out.reusable = relay->clean && !relay->client_gone;
+      metrics_.upstream(200);
+      metrics_.stream(relay->client_gone ? "client_gone" : relay->clean ? "complete" : "cut");
       const http::fields& f = relay->upstream_fields;
       feedback_.complete(permit, actual, 200, [&f](std::string_view name) -> std::optional<std::string_view> {
         auto it = f.find(beast::string_view(name.data(), name.size()));
@@ -815,7 +859,12 @@ class Gateway {
       });
       co_return std::nullopt;
     }
-    if (!res) res = plain(v, http::status::bad_gateway, "the upstream could not be reached", "upstream_error");
+    if (res) {
+      metrics_.upstream(res->result_int());
+    } else {
+      metrics_.upstream_failure();
+      res = plain(v, http::status::bad_gateway, "the upstream could not be reached", "upstream_error");
+    }
 
     const auto header = [&res](std::string_view name) -> std::optional<std::string_view> {
       auto it = res->find(beast::string_view(name.data(), name.size()));
@@ -1079,7 +1128,16 @@ class Gateway {
   // the limits, the total time, the admission instant (steady clock, ns; 0
   // when not admitted), and a note (why the estimate stood, what failed).
   // JSON escapes whatever a client put in the path.
-  void log(const http::request_header<>& req, unsigned status, const Outcome& o) const {
+  //
+  // Also counts the request in the metrics: a known key's outcome and
+  // tokens by tier, anything else by status.
+  void log(const http::request_header<>& req, unsigned status, const Outcome& o) {
+    if (o.outcome) {
+      metrics_.request(o.tier, o.key, o.outcome);
+      if (std::string_view(o.outcome) == "admitted") metrics_.tokens(o.tier, o.estimate, o.actual);
+    } else if (!o.health) {
+      metrics_.rejected(status);
+    }
     const auto now = std::chrono::steady_clock::now();
     const bool admitted = o.admitted != std::chrono::steady_clock::time_point{};
     json line = {{"event", "request"},
@@ -1101,15 +1159,78 @@ class Gateway {
     std::fflush(stdout);
   }
 
+  // GET /healthz: 200 while serving, 503 once stopping.
+  Response health(unsigned version) const {
+    Response res{stopping_ ? http::status::service_unavailable : http::status::ok, version};
+    res.set(http::field::content_type, "application/json");
+    res.body() = json{{"status", stopping_ ? "stopping" : "ok"}}.dump();
+    res.prepare_payload();
+    return res;
+  }
+
+  // The metrics listener (--metrics-listen): GET /metrics (the Prometheus
+  // text format) and GET /healthz, one request per connection, at most
+  // kMetricsConnections at once, each within 5 s.
+  static constexpr int kMetricsConnections = 8;
+  net::awaitable<void> metrics_loop() {
+    while (!stopping_) {
+      auto [ec, socket] = co_await metrics_acceptor_->async_accept(net::as_tuple(net::use_awaitable));
+      if (stopping_ || ec == net::error::operation_aborted) co_return;
+      if (ec) continue;
+      if (metrics_connections_ >= kMetricsConnections) {
+        beast::error_code ignored;
+        socket.close(ignored);
+        continue;
+      }
+      net::co_spawn(io_, metrics_session(std::move(socket)), net::detached);
+    }
+  }
+  net::awaitable<void> metrics_session(tcp::socket socket) {
+    ++metrics_connections_;
+    beast::tcp_stream stream(std::move(socket));
+    beast::flat_buffer buffer;
+    http::request_parser<http::empty_body> parser;
+    parser.header_limit(8 * 1024);
+    stream.expires_after(5s);
+    auto [ec, n] = co_await http::async_read(stream, buffer, parser, net::as_tuple(net::use_awaitable));
+    if (!ec) {
+      const auto& req = parser.get();
+      const std::string_view target(req.target().data(), req.target().size());
+      Response res;
+      if (req.method() == http::verb::get && target == "/metrics") {
+        for (std::size_t i = 0; i < upstream_.size(); ++i) {
+          const Limit l = upstream_.limit(i);
+          metrics_.dimension(std::string(upstream_.name(i)), l.rate, l.capacity, upstream_.available(i));
+        }
+        res = Response{http::status::ok, req.version()};
+        res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+        res.body() = metrics_.scrape();
+        res.prepare_payload();
+      } else if (req.method() == http::verb::get && target == "/healthz") {
+        res = health(req.version());
+      } else {
+        res = plain(req.version(), http::status::not_found, "GET /metrics or /healthz");
+      }
+      res.keep_alive(false);
+      co_await http::async_write(stream, res, net::as_tuple(net::use_awaitable));
+    }
+    beast::error_code ignored;
+    stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    --metrics_connections_;
+  }
+
   net::io_context& io_;
   Config config_;
   Url url_;
   std::optional<ssl::context> tls_;
+  llm::GatewayMetrics metrics_;  // before the set it listens to: outlives it
   tollgate::boost_asio::TimerScheduler<> timers_;
   Shared upstream_;
   Feedback feedback_;
   tollgate::OutputEstimator estimator_;
   tcp::acceptor acceptor_;
+  std::optional<tcp::acceptor> metrics_acceptor_;
+  int metrics_connections_ = 0;
   std::list<Conn*> conns_;
   std::uint64_t refused_connections_ = 0;
   bool stopping_ = false;
@@ -1123,8 +1244,10 @@ int main(int argc, char** argv) {
     net::io_context io(1);
     Gateway gateway(io, config);
     if (!config.port_file.empty()) std::ofstream(config.port_file) << gateway.port() << '\n';
-    std::printf("llm_gateway: listening on 127.0.0.1:%u, upstream %s, %zu keys\n", gateway.port(),
+    std::printf("llm_gateway: listening on 127.0.0.1:%u, upstream %s, %zu keys", gateway.port(),
                 config.upstream.c_str(), config.keys.size());
+    if (auto m = gateway.metrics_port()) std::printf(", metrics on 127.0.0.1:%u", *m);
+    std::printf("\n");
     std::fflush(stdout);
     net::signal_set signals(io, SIGINT, SIGTERM);
     signals.async_wait([&](const beast::error_code& ec, int) {

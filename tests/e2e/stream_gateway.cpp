@@ -13,7 +13,11 @@
 //     calls without them), streamed and whole answers are settled at
 //     message_start's input plus message_delta's output, a client may
 //     authenticate with x-api-key or a bearer token, and the gateway's own
-//     errors are in Anthropic's format.
+//     errors are in Anthropic's format;
+//   - metrics: a scrape of /metrics after a known mix of traffic counts it
+//     exactly (admitted and refused per tier, rejections by status, the
+//     upstream's answers, a complete stream, tokens settled at the usage the
+//     clients saw); /healthz answers on both ports.
 //
 //   usage: stream_gateway MOCK_BINARY GATEWAY_BINARY WORK_DIR
 
@@ -21,6 +25,7 @@
 
 #include <cstdio>
 #include <map>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -231,6 +236,79 @@ void anthropic_phase(const std::string& gateway_bin, const std::string& upstream
         "anthropic: both settled at input + output as reported (" + (lines.empty() ? std::string() : lines[0].dump()) + ")");
 }
 
+// The sum of a metric's samples whose labels include every one of `with`
+// (e.g. {"tier=\"big\"", "outcome=\"admitted\""}), from the text format.
+double metric(const std::string& text, const std::string& name, const std::vector<std::string>& with = {}) {
+  double sum = 0;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty() || line[0] == '#') continue;
+    const std::size_t end = line.find_first_of("{ ");
+    if (line.substr(0, end) != name) continue;
+    const std::string labels = line[end] == '{' ? line.substr(end, line.find('}') - end + 1) : "";
+    bool all = true;
+    for (const auto& l : with) all = all && labels.find(l) != std::string::npos;
+    if (all) sum += std::stod(line.substr(line.rfind(' ') + 1));
+  }
+  return sum;
+}
+
+void metrics_phase(const std::string& gateway_bin, const std::string& upstream, const std::string& key) {
+  Child gw = start_gateway(gateway_bin, upstream, key,
+                           {"--metrics-listen", "127.0.0.1:0", "--rpm", "600000", "--tpm", "600000000", "--tier",
+                            "big:600000:600000000", "--tier", "tiny:rpm=6:burst=10", "--key", "sk-m-big:big", "--key",
+                            "sk-m-tiny:tiny"});
+  const unsigned short port = port_of(gw.first_line);
+  const auto second = gw.first_line.find("127.0.0.1:", gw.first_line.find("metrics on"));
+  const unsigned short metrics_port = port_of(gw.first_line.substr(second));
+  const std::string chat = R"({"model":"mock-1","messages":[{"role":"user","content":"count me"}],"max_tokens":60)";
+  double seen_tokens = 0;  // the usage the clients were told
+  int ok = 0;
+  for (int i = 0; i < 4; ++i) {
+    const std::string r = once(port, post("/v1/chat/completions", "sk-m-big", chat + R"(,"n":)" + std::to_string(i) + "}"));
+    const json a = json::parse(body_of(r), nullptr, false);
+    if (status_of(r) == 200 && a.is_object() && a.contains("usage")) {
+      ++ok;
+      seen_tokens += a["usage"].value("total_tokens", 0);
+    }
+  }
+  const std::string streamed =
+      once_stream(port, post("/v1/chat/completions", "sk-m-big", chat + R"(,"stream":true,"stream_options":{"include_usage":true}})"));
+  for (const json& c : data_objects(streamed))
+    if (c.contains("usage") && c["usage"].is_object()) {
+      ++ok;
+      seen_tokens += c["usage"].value("total_tokens", 0);
+    }
+  std::vector<int> tiny;
+  for (int i = 0; i < 3; ++i) tiny.push_back(status_of(once(port, post("/v1/chat/completions", "sk-m-tiny", chat + "}"))));
+  const int u1 = status_of(once(port, post("/v1/chat/completions", "sk-nobody", chat + "}")));
+  const int u2 = status_of(once(port, post("/v1/chat/completions", "", chat + "}")));
+  const int nf = status_of(once(port, post("/v1/files", "sk-m-big", "{}")));
+  const int h1 = status_of(once(port, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));
+  const int h2 = status_of(once(metrics_port, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));
+  check(ok == 5 && tiny == std::vector<int>{200, 429, 429} && u1 == 401 && u2 == 401 && nf == 404 && h1 == 200 && h2 == 200,
+        "metrics: the traffic (5 big, tiny 200/429/429, two 401s, a 404, two health checks)");
+  const std::string scraped = body_of(once(metrics_port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"));
+  const auto count = [&](const std::string& name, const std::vector<std::string>& with = {}) { return metric(scraped, name, with); };
+  check(count("tollgate_gateway_requests_total", {"tier=\"big\"", "outcome=\"admitted\""}) == 5 &&
+            count("tollgate_gateway_requests_total", {"tier=\"tiny\"", "outcome=\"admitted\""}) == 1 &&
+            count("tollgate_gateway_requests_total", {"tier=\"tiny\"", "outcome=\"refused\""}) == 2,
+        "metrics: requests per tier and outcome match the traffic");
+  check(count("tollgate_gateway_rejected_total", {"status=\"401\""}) == 2 &&
+            count("tollgate_gateway_rejected_total", {"status=\"404\""}) == 1 && count("tollgate_gateway_rejected_total") == 3,
+        "metrics: rejections by status (health checks are not counted)");
+  check(count("tollgate_gateway_upstream_responses_total", {"status=\"200\""}) == 6 &&
+            count("tollgate_gateway_upstream_responses_total") == 6 && count("tollgate_gateway_streams_total", {"complete"}) == 1,
+        "metrics: six upstream 200s, one complete stream");
+  check(count("tollgate_gateway_tokens_total", {"tier=\"big\"", "kind=\"settled\""}) == seen_tokens,
+        "metrics: the big tier's settled tokens are the usage its clients saw (" + std::to_string(seen_tokens) + ")");
+  check(count("tollgate_gateway_wait_seconds_count") == 6 && count("tollgate_gateway_queued") == 0 &&
+            count("tollgate_gateway_limit_rate", {"dimension=\"requests\""}) == 10000,
+        "metrics: six waits observed, none queued now, the requests dimension at 10,000/s");
+  const int code = stop(gw);
+  check(code == 0, "metrics: the gateway exits 0");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -247,6 +325,7 @@ int main(int argc, char** argv) {
   const std::string upstream = "http://127.0.0.1:" + std::to_string(mock_port);
   openai_phase(gateway_bin, upstream, mock_port, key);
   anthropic_phase(gateway_bin, upstream, key);
+  metrics_phase(gateway_bin, upstream, key);
   kill(mock.pid, SIGTERM);
   finish(mock);
   std::printf("%s: %d failure(s)\n", tge2e::failures ? "FAILED" : "passed", tge2e::failures);
