@@ -59,8 +59,11 @@
 // for good. SIGINT/SIGTERM: stop accepting, answer the requests in flight,
 // exit 0.
 
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cmath>
 #include <functional>
 #include <chrono>
@@ -115,6 +118,8 @@ struct Config {
   double output_quantile = 0.95;
   std::string metrics_listen;  // empty: no metrics listener
   std::size_t metrics_max_keys = 100;
+  std::size_t upstream_connections = 32;  // idle keep-alive connections kept (0: one per request)
+  std::chrono::milliseconds upstream_idle = 15000ms;
   std::map<std::string, Tier> tiers;
   std::map<std::string, std::string> keys;  // API key -> tier
   std::chrono::milliseconds max_wait = 2000ms;
@@ -222,6 +227,13 @@ void apply_option(Config& c, const std::string& name, const std::string& value) 
   else if (name == "upstream-key-file") c.upstream_key = read_secret_file(value);
   else if (name == "metrics-listen") c.metrics_listen = value;
   else if (name == "metrics-max-keys") c.metrics_max_keys = std::size_t(positive(name, value));
+  else if (name == "upstream-connections") {
+    std::size_t used = 0;
+    const long long n = std::stoll(value, &used);
+    if (used != value.size() || n < 0) throw std::invalid_argument("upstream-connections must be an integer >= 0, got " + value);
+    c.upstream_connections = std::size_t(n);
+  }
+  else if (name == "upstream-idle-ms") c.upstream_idle = std::chrono::milliseconds(positive(name, value));
   else if (name == "max-connections") c.max_connections = std::size_t(positive(name, value));
   else if (name == "idle-timeout-ms") c.idle_timeout = std::chrono::milliseconds(positive(name, value));
   else if (name == "header-timeout-ms") c.header_timeout = std::chrono::milliseconds(positive(name, value));
@@ -315,13 +327,15 @@ Config parse_args(int argc, char** argv) {
   // A tier may cap only what the provider meters.
   const std::vector<tollgate::Dimension> metered = upstream_dims(c);
   for (const auto& [name, t] : c.tiers)
-    for (const auto& [dim, rate] : t.per_minute)
+    for (const auto& limit : t.per_minute) {
+      const std::string& dim = limit.first;  // (clang 14 cannot capture a structured binding)
       if (std::none_of(metered.begin(), metered.end(), [&](const tollgate::Dimension& d) { return d.name == dim; }))
         throw std::invalid_argument("tier " + name + " limits " + dim + ", which the " +
                                     (c.api == Api::anthropic ? "anthropic" : "openai") +
                                     " upstream does not meter (" +
                                     (c.api == Api::anthropic ? "requests, input_tokens, output_tokens" : "requests, tokens") +
                                     ")");
+    }
   return c;
 }
 
@@ -472,6 +486,7 @@ class Gateway {
   void start() {
     net::co_spawn(io_, accept_loop(), net::detached);
     if (metrics_acceptor_) net::co_spawn(io_, metrics_loop(), net::detached);
+    if (config_.upstream_connections > 0) net::co_spawn(io_, pool_sweeper(), net::detached);
   }
 
   // SIGINT/SIGTERM: no new connections; idle connections close; requests in
@@ -481,6 +496,7 @@ class Gateway {
     beast::error_code ignored;
     acceptor_.close(ignored);
     if (metrics_acceptor_) metrics_acceptor_->close(ignored);
+    sweep_timer_.cancel();  // the sweeper closes the idle connections and ends
     for (Conn* c : conns_)
       if (c->idle) c->stream->socket().cancel(ignored);
   }
@@ -521,6 +537,8 @@ class Gateway {
     std::string tier;
     const char* outcome = nullptr;
     bool health = false;  // a health check: not a request of anyone's
+    std::size_t written = 0;         // bytes of the request the upstream connection took
+    bool upstream_reusable = false;  // the upstream's answer ended cleanly on a keep-alive connection
   };
 
   static tollgate::OutputEstimator::Options estimator_options(const Config& c) {
@@ -917,7 +935,7 @@ class Gateway {
       req.set(http::field::authorization, "Bearer " + config_.upstream_key);
     }
     req.body() = std::move(body);
-    req.keep_alive(false);
+    req.keep_alive(config_.upstream_connections > 0);
     req.prepare_payload();
     return req;
   }
@@ -982,6 +1000,7 @@ class Gateway {
       }
       res.prepare_payload();
       out.maybe_sent = false;
+      out.upstream_reusable = head.keep_alive();
       co_return res;
     }
     out.maybe_sent = false;  // the upstream took the call
@@ -1032,6 +1051,7 @@ class Gateway {
         }
       }
       if (parser.is_done()) {
+        out.upstream_reusable = head.keep_alive();  // the upstream's side is complete
         r.client.expires_after(kClientWrite);
         auto [lec, ln] = co_await net::async_write(r.client, http::make_chunk_last(), net::as_tuple(net::use_awaitable));
         r.clean = !lec;
@@ -1051,6 +1071,7 @@ class Gateway {
   net::awaitable<std::optional<Response>> exchange(Stream& stream, Request& req, Outcome& out, Relay* relay) {
     beast::get_lowest_layer(stream).expires_after(30s);
     auto [wec, wn] = co_await http::async_write(stream, req, net::as_tuple(net::use_awaitable));
+    out.written = wn;
     out.maybe_sent = true;  // part of it may have reached the provider, which may bill it
     if (wec) {
       out.note = "upstream write: " + wec.message();
@@ -1067,57 +1088,130 @@ class Gateway {
       co_return std::nullopt;
     }
     out.maybe_sent = false;
+    out.upstream_reusable = parser.get().keep_alive();
     co_return parser.release();
   }
 
-  // One call to the upstream (HTTP or HTTPS) on a connection of its own.
-  // Returns its answer; nothing when it failed (the reason is in `out.note`)
-  // or was streamed to the client (`relay->streamed`).
-  net::awaitable<std::optional<Response>> forward(const std::string& path, std::string body, unsigned version, Outcome& out,
-                                                  Relay* relay) {
+  // An upstream connection (TLS or plain) and when it went idle.
+  struct UpstreamConn {
+    std::unique_ptr<ssl::stream<beast::tcp_stream>> tls;
+    std::unique_ptr<beast::tcp_stream> plain;
+    std::chrono::steady_clock::time_point idle_since{};
+    beast::tcp_stream& lowest() { return tls ? beast::get_lowest_layer(*tls) : *plain; }
+  };
+
+  // True when an idle connection's peer has neither closed it nor sent
+  // anything unasked (either makes it unusable): nothing to read yet.
+  static bool quiet(tcp::socket& s) {
+    char b;
+    const ssize_t n = ::recv(s.native_handle(), &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+  }
+
+  // The most recently used idle connection that is still usable, if any;
+  // stale ones (idle too long, closed by the upstream) are closed on the way.
+  std::unique_ptr<UpstreamConn> take_pooled() {
+    const auto now = std::chrono::steady_clock::now();
+    while (!pool_.empty()) {
+      std::unique_ptr<UpstreamConn> c = std::move(pool_.back());
+      pool_.pop_back();
+      if (now - c->idle_since < config_.upstream_idle && quiet(c->lowest().socket())) return c;
+      metrics_.connection("stale");
+      beast::error_code ignored;
+      c->lowest().socket().close(ignored);
+    }
+    return nullptr;
+  }
+
+  // Closes idle connections older than --upstream-idle-ms, every half of it.
+  net::awaitable<void> pool_sweeper() {
+    while (!stopping_) {
+      sweep_timer_.expires_after(config_.upstream_idle / 2);
+      co_await sweep_timer_.async_wait(net::as_tuple(net::use_awaitable));
+      const auto now = std::chrono::steady_clock::now();
+      std::erase_if(pool_, [&](std::unique_ptr<UpstreamConn>& c) {
+        if (!stopping_ && now - c->idle_since < config_.upstream_idle) return false;
+        beast::error_code ignored;
+        c->lowest().socket().close(ignored);
+        return true;
+      });
+    }
+  }
+
+  // A new connection to the upstream (TCP, then TLS when configured), or
+  // nothing (the reason in `out.note`).
+  net::awaitable<std::unique_ptr<UpstreamConn>> connect(Outcome& out) {
     auto ex = co_await net::this_coro::executor;
-    Request req = upstream_request(path, std::move(body));
     tcp::resolver resolver(ex);
     auto [rec, endpoints] = co_await resolver.async_resolve(url_.host, url_.port, net::as_tuple(net::use_awaitable));
     if (rec) {
       out.note = "upstream resolve: " + rec.message();
-      co_return std::nullopt;
+      co_return nullptr;
     }
-    std::optional<Response> res;
+    auto c = std::make_unique<UpstreamConn>();
     if (url_.tls) {
-      ssl::stream<beast::tcp_stream> stream(ex, *tls_);
-      SSL_set_tlsext_host_name(stream.native_handle(), url_.host.c_str());
-      stream.set_verify_callback(ssl::host_name_verification(url_.host));
-      beast::get_lowest_layer(stream).expires_after(30s);
-      auto [cec, ep] = co_await beast::get_lowest_layer(stream).async_connect(endpoints, net::as_tuple(net::use_awaitable));
-      if (cec) {
-        out.note = "upstream connect: " + cec.message();
-        co_return std::nullopt;
-      }
-      auto [hec] = co_await stream.async_handshake(ssl::stream_base::client, net::as_tuple(net::use_awaitable));
+      c->tls = std::make_unique<ssl::stream<beast::tcp_stream>>(ex, *tls_);
+      SSL_set_tlsext_host_name(c->tls->native_handle(), url_.host.c_str());
+      c->tls->set_verify_callback(ssl::host_name_verification(url_.host));
+    } else {
+      c->plain = std::make_unique<beast::tcp_stream>(ex);
+    }
+    c->lowest().expires_after(30s);
+    auto [cec, ep] = co_await c->lowest().async_connect(endpoints, net::as_tuple(net::use_awaitable));
+    if (cec) {
+      out.note = "upstream connect: " + cec.message();
+      co_return nullptr;
+    }
+    if (c->tls) {
+      auto [hec] = co_await c->tls->async_handshake(ssl::stream_base::client, net::as_tuple(net::use_awaitable));
       if (hec) {
         out.note = "upstream TLS: " + hec.message();
-        co_return std::nullopt;
+        co_return nullptr;
       }
-      res = co_await exchange(stream, req, out, relay);
-      if (relay && relay->client_gone) {
-        beast::get_lowest_layer(stream).close();  // the call is abandoned: no orderly goodbye
-      } else {
-        beast::get_lowest_layer(stream).expires_after(5s);
-        auto [sec] = co_await stream.async_shutdown(net::as_tuple(net::use_awaitable));
+    }
+    metrics_.connection("opened");
+    co_return c;
+  }
+
+  // One call to the upstream (HTTP or HTTPS) on a pooled keep-alive
+  // connection or a new one. A pooled connection that fails before any byte
+  // of the request was written is replaced once; one that fails later is
+  // not (the upstream may have the request: it is never sent twice).
+  // Returns its answer; nothing when it failed (the reason is in
+  // `out.note`) or was streamed to the client (`relay->streamed`).
+  net::awaitable<std::optional<Response>> forward(const std::string& path, std::string body, unsigned version, Outcome& out,
+                                                  Relay* relay) {
+    Request req = upstream_request(path, std::move(body));
+    std::optional<Response> res;
+    for (int attempt = 0;; ++attempt) {
+      std::unique_ptr<UpstreamConn> c = attempt == 0 ? take_pooled() : nullptr;
+      const bool reused = c != nullptr;
+      if (reused) metrics_.connection("reused");
+      if (!c) c = co_await connect(out);
+      if (!c) co_return std::nullopt;
+      out.written = 0;
+      out.upstream_reusable = false;
+      if (c->tls) res = co_await exchange(*c->tls, req, out, relay);  // (g++ 12 miscompiles co_await in ?:)
+      else res = co_await exchange(*c->plain, req, out, relay);
+      const bool failed = !res && !(relay && relay->streamed);
+      if (out.upstream_reusable && pool_.size() < config_.upstream_connections && !stopping_) {
+        c->idle_since = std::chrono::steady_clock::now();
+        pool_.push_back(std::move(c));
+      } else if (c->tls && !(relay && relay->client_gone) && !failed) {
+        c->lowest().expires_after(5s);
+        auto [sec] = co_await c->tls->async_shutdown(net::as_tuple(net::use_awaitable));
         (void)sec;
+      } else {
+        beast::error_code ignored;  // abandoned or broken: no orderly goodbye
+        c->lowest().socket().shutdown(tcp::socket::shutdown_both, ignored);
+        c->lowest().close();
       }
-    } else {
-      beast::tcp_stream stream(ex);
-      stream.expires_after(30s);
-      auto [cec, ep] = co_await stream.async_connect(endpoints, net::as_tuple(net::use_awaitable));
-      if (cec) {
-        out.note = "upstream connect: " + cec.message();
-        co_return std::nullopt;
+      if (failed && reused && out.written == 0 && attempt == 0) {
+        metrics_.connection("retried");
+        out.maybe_sent = false;
+        continue;  // the pooled connection died before the request left: a new one
       }
-      res = co_await exchange(stream, req, out, relay);
-      beast::error_code ignored;
-      stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+      break;
     }
     if (res) res->version(version);
     co_return res;
@@ -1230,6 +1324,8 @@ class Gateway {
   tollgate::OutputEstimator estimator_;
   tcp::acceptor acceptor_;
   std::optional<tcp::acceptor> metrics_acceptor_;
+  std::vector<std::unique_ptr<UpstreamConn>> pool_;  // idle upstream connections, most recent last
+  net::steady_timer sweep_timer_{io_};
   int metrics_connections_ = 0;
   std::list<Conn*> conns_;
   std::uint64_t refused_connections_ = 0;

@@ -57,6 +57,11 @@ class GatewayMetrics final : public tollgate::Listener<tollgate::KeyedCosts> {
                                .Help("Calls that got no answer from the upstream (connect, TLS, read)")
                                .Register(*registry_)
                                .Add({})),
+        connections_(prometheus::BuildCounter()
+                         .Name("tollgate_gateway_upstream_connections_total")
+                         .Help("Upstream connections: opened, reused from the pool, stale (found closed or "
+                               "idle too long), retried (a pooled one died before the request left)")
+                         .Register(*registry_)),
         tokens_(prometheus::BuildCounter()
                     .Name("tollgate_gateway_tokens_total")
                     .Help("Tokens reserved at admission (estimated) and charged at completion (settled)")
@@ -101,6 +106,7 @@ class GatewayMetrics final : public tollgate::Listener<tollgate::KeyedCosts> {
   }
   void upstream(unsigned status) { upstream_.Add({{"status", std::to_string(status)}}).Increment(); }
   void upstream_failure() { upstream_failures_.Increment(); }
+  void connection(const char* event) { connections_.Add({{"event", event}}).Increment(); }
   void tokens(const std::string& tier, double estimated, double settled) {
     tokens_.Add({{"tier", tier}, {"kind", "estimated"}}).Increment(estimated);
     tokens_.Add({{"tier", tier}, {"kind", "settled"}}).Increment(settled);
@@ -146,6 +152,7 @@ class GatewayMetrics final : public tollgate::Listener<tollgate::KeyedCosts> {
   prometheus::Family<prometheus::Histogram>& wait_;
   prometheus::Family<prometheus::Counter>& upstream_;
   prometheus::Counter& upstream_failures_;
+  prometheus::Family<prometheus::Counter>& connections_;
   prometheus::Family<prometheus::Counter>& tokens_;
   prometheus::Family<prometheus::Counter>& streams_;
   prometheus::Family<prometheus::Gauge>& rate_;

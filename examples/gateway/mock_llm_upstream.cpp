@@ -3,7 +3,7 @@
 //
 //   mock_llm_upstream --listen 127.0.0.1:0 [--port-file F] [--rpm 600] [--tpm 60000]
 //                     [--itpm 40000] [--otpm 8000] [--burst-seconds 60]
-//                     [--tls-dir DIR] [--latency-ms 20] [--chunk-ms 2]
+//                     [--tls-dir DIR] [--latency-ms 20] [--chunk-ms 2] [--keepalive-ms 60000]
 //                     [--require-key-env VAR]   (the key a caller must present, from the environment)
 //
 // OpenAI: POST /v1/chat/completions (and /v1/completions, /v1/responses,
@@ -24,7 +24,8 @@
 // Anthropic's message_start ... message_delta (usage) ... message_stop. A
 // stream whose reader goes away is cut and counted (`streams_cut`).
 //
-// GET /v1/models answers a model list, GET /stats the mock's counters
+// A keep-alive connection idle for --keepalive-ms is closed (as providers
+// close idle connections). GET /v1/models answers a model list, GET /stats the mock's counters
 // (`received` counts every request on any path, `connections` every
 // accepted connection). For tests of a hostile upstream, a request body's
 // "mock_usage" is sent back verbatim as `usage` (the string "omit": no usage
@@ -71,7 +72,7 @@ struct ProviderBucket {
 
 struct Mock {
   ProviderBucket requests, tokens, input, output;
-  std::chrono::milliseconds latency, chunk_gap;
+  std::chrono::milliseconds latency, chunk_gap, keepalive;
   long served = 0, refused = 0, bad = 0, received = 0, connections = 0, streams = 0, streams_cut = 0;
   std::string required_key{};  // --require-key: billed paths answer 401 without it
   long long next_id = 1;
@@ -332,8 +333,10 @@ net::awaitable<void> serve(Mock& m, Stream& stream) {
   beast::flat_buffer buffer;
   for (;;) {
     http::request<http::string_body> req;
+    beast::get_lowest_layer(stream).expires_after(m.keepalive);  // an idle keep-alive connection is closed
     auto [ec, n] = co_await http::async_read(stream, buffer, req, net::as_tuple(net::use_awaitable));
     if (ec) co_return;
+    beast::get_lowest_layer(stream).expires_never();
     Reply r = co_await handle(m, req);
     const bool keep = r.whole.keep_alive();
     if (r.events) {
@@ -375,7 +378,7 @@ net::awaitable<void> listen(Mock& m, tcp::acceptor& acceptor, ssl::context* tls)
 int main(int argc, char** argv) {
   std::string listen_at = "127.0.0.1:0", port_file, tls_dir, key_env;
   double rpm = 600, tpm = 60000, itpm = 40000, otpm = 8000, burst = 60;
-  int latency_ms = 20, chunk_ms = 2;
+  int latency_ms = 20, chunk_ms = 2, keepalive_ms = 60000;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&]() -> std::string {
@@ -389,6 +392,7 @@ int main(int argc, char** argv) {
     else if (a == "--itpm") itpm = std::stod(value());
     else if (a == "--otpm") otpm = std::stod(value());
     else if (a == "--chunk-ms") chunk_ms = std::stoi(value());
+    else if (a == "--keepalive-ms") keepalive_ms = std::stoi(value());
     else if (a == "--burst-seconds") burst = std::stod(value());
     else if (a == "--tls-dir") tls_dir = value();
     else if (a == "--latency-ms") latency_ms = std::stoi(value());
@@ -400,7 +404,7 @@ int main(int argc, char** argv) {
   }
   net::io_context io(1);
   Mock mock{ProviderBucket(rpm, burst), ProviderBucket(tpm, burst), ProviderBucket(itpm, burst), ProviderBucket(otpm, burst),
-            std::chrono::milliseconds(latency_ms), std::chrono::milliseconds(chunk_ms)};
+            std::chrono::milliseconds(latency_ms), std::chrono::milliseconds(chunk_ms), std::chrono::milliseconds(keepalive_ms)};
   if (!key_env.empty()) {
     const char* k = std::getenv(key_env.c_str());
     if (!k || !*k) return std::fprintf(stderr, "mock_llm_upstream: %s is not set\n", key_env.c_str()), 2;

@@ -17,7 +17,11 @@
 //   - metrics: a scrape of /metrics after a known mix of traffic counts it
 //     exactly (admitted and refused per tier, rejections by status, the
 //     upstream's answers, a complete stream, tokens settled at the usage the
-//     clients saw); /healthz answers on both ports.
+//     clients saw); /healthz answers on both ports;
+//   - connection reuse: ten calls through the gateway open one upstream
+//     connection (the mock counts them), ten without the pool open ten; a
+//     pooled connection the upstream closed while idle is replaced, and no
+//     request reaches the upstream twice.
 //
 //   usage: stream_gateway MOCK_BINARY GATEWAY_BINARY WORK_DIR
 
@@ -309,6 +313,51 @@ void metrics_phase(const std::string& gateway_bin, const std::string& upstream, 
   check(code == 0, "metrics: the gateway exits 0");
 }
 
+long stat(unsigned short mock_port, const char* name) { return mock_stats(mock_port).value(name, -1L); }
+
+void pool_phase(const std::string& mock_bin, const std::string& gateway_bin, const std::string& key) {
+  Child mock;  // closes a keep-alive connection idle for 300 ms
+  spawn(mock, {mock_bin, "--listen", "127.0.0.1:0", "--rpm", "600000", "--tpm", "600000000", "--latency-ms", "1",
+               "--keepalive-ms", "300", "--require-key-env", "MOCK_KEY"},
+        {{{"MOCK_KEY", key}}, 0});
+  const unsigned short mock_port = port_of(mock.first_line);
+  const std::string upstream = "http://127.0.0.1:" + std::to_string(mock_port);
+  const std::string chat = R"({"model":"mock-1","messages":[{"role":"user","content":"again"}],"max_tokens":20})";
+  const std::vector<std::string> common = {"--rpm", "600000", "--tpm", "600000000", "--tier", "big:600000:600000000",
+                                           "--key", "sk-pool:big"};
+  for (const bool pooled : {true, false}) {
+    std::vector<std::string> extra = common;
+    if (!pooled) extra.insert(extra.end(), {"--upstream-connections", "0"});
+    Child gw = start_gateway(gateway_bin, upstream, key, extra);
+    const unsigned short port = port_of(gw.first_line);
+    const json before = mock_stats(mock_port);  // one connection of its own
+    int ok = 0;
+    const int fd = connect_to(port);
+    for (int i = 0; i < 10; ++i) {
+      send_all(fd, post("/v1/chat/completions", "sk-pool", chat));
+      ok += status_of(read_response(fd)) == 200;
+    }
+    close(fd);
+    const json after = mock_stats(mock_port);
+    const long opened = after.value("connections", 0L) - before.value("connections", 0L) - 1;  // less this /stats call's own
+    check(ok == 10 && after.value("received", 0L) - before.value("received", 0L) == 10 && opened == (pooled ? 1 : 10),
+          std::string(pooled ? "pool" : "no pool") + ": 10 calls opened " + std::to_string(opened) +
+              " upstream connection(s)");
+    if (pooled) {
+      // Idle past the upstream's keep-alive: the pooled connection is closed
+      // by the mock; the next call finds that out and opens a new one.
+      std::this_thread::sleep_for(800ms);
+      const long r1 = stat(mock_port, "received");
+      const int s = status_of(once(port, post("/v1/chat/completions", "sk-pool", chat)));
+      check(s == 200 && stat(mock_port, "received") - r1 == 1,
+            "pool: a pooled connection the upstream closed is replaced; the call reaches it once");
+    }
+    check(stop(gw) == 0, std::string(pooled ? "pool" : "no pool") + ": the gateway exits 0");
+  }
+  kill(mock.pid, SIGTERM);
+  finish(mock);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -326,6 +375,7 @@ int main(int argc, char** argv) {
   openai_phase(gateway_bin, upstream, mock_port, key);
   anthropic_phase(gateway_bin, upstream, key);
   metrics_phase(gateway_bin, upstream, key);
+  pool_phase(mock_bin, gateway_bin, key);
   kill(mock.pid, SIGTERM);
   finish(mock);
   std::printf("%s: %d failure(s)\n", tge2e::failures ? "FAILED" : "passed", tge2e::failures);
