@@ -577,6 +577,8 @@ class Gateway {
         socket.close(ignored);
         continue;
       }
+      beast::error_code ignored;
+      socket.set_option(tcp::no_delay(true), ignored);  // events go out as they come (no Nagle delay)
       net::co_spawn(io_, session(std::move(socket)), net::detached);
     }
   }
@@ -1162,6 +1164,8 @@ class Gateway {
       out.note = "upstream connect: " + cec.message();
       co_return nullptr;
     }
+    beast::error_code ignored;
+    c->lowest().socket().set_option(tcp::no_delay(true), ignored);
     if (c->tls) {
       auto [hec] = co_await c->tls->async_handshake(ssl::stream_base::client, net::as_tuple(net::use_awaitable));
       if (hec) {

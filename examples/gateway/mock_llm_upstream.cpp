@@ -369,6 +369,7 @@ net::awaitable<void> listen(Mock& m, tcp::acceptor& acceptor, ssl::context* tls)
     auto [ec, socket] = co_await acceptor.async_accept(net::as_tuple(net::use_awaitable));
     if (ec) co_return;
     ++m.connections;
+    socket.set_option(tcp::no_delay(true), ec);  // each event goes out when written
     net::co_spawn(acceptor.get_executor(), session(m, std::move(socket), tls), net::detached);
   }
 }
