@@ -1,16 +1,21 @@
-// llm_gateway: an HTTP/1.1 gateway in front of an OpenAI-compatible upstream,
-// on Boost.Beast and C++20 coroutines, that keeps the upstream at zero 429s.
+// llm_gateway: an HTTP/1.1 gateway in front of an OpenAI-compatible upstream
+// or Anthropic's Messages API, on Boost.Beast and C++20 coroutines, that keeps
+// the upstream at zero 429s.
 //
 //   llm_gateway --upstream https://api.example:443 [--upstream-ca cert.pem]
 //               [--upstream-key-file FILE]   (or TOLLGATE_UPSTREAM_KEY in the environment)
+//               [--provider openai|anthropic] [--anthropic-version 2023-06-01]
 //               [--listen 127.0.0.1:8080] [--port-file F] [--config FILE]
-//               [--rpm 500] [--tpm 30000] [--burst-seconds 60]
-//               [--tier NAME:RPM:TPM[:BURST_SECONDS[:WEIGHT]]]... [--key KEY:TIER]...
-//               [--sharing fair|fifo]
+//               [--rpm 500] [--tpm 30000] [--itpm 30000] [--otpm 8000] [--burst-seconds 60]
+//               [--tier NAME:RPM:TPM[:BURST_SECONDS[:WEIGHT]]]...
+//               [--tier NAME:rpm=N:tpm=N:itpm=N:otpm=N:burst=S:weight=W]... [--key KEY:TIER]...
+//               [--sharing fair|fifo] [--output-quantile 0.95]
 //               [--max-wait-ms 2000] [--default-max-tokens 256] [--adaptive]
 //               [--max-connections 512] [--idle-timeout-ms 30000] [--header-timeout-ms 10000]
 //               [--body-timeout-ms 30000] [--max-header-bytes 16384]
 //               [--max-body-bytes 1048576] [--max-usage-tokens 1000000]
+//               [--upstream-connections 32] [--upstream-idle-ms 15000]
+//               [--metrics-listen 127.0.0.1:9464] [--metrics-max-keys 100]
 //
 // A config file holds the same options, one per line without the dashes
 // ("tier free 60 6000 60 1", "key sk-alice free", "upstream http://127.0.0.1:9000";
@@ -25,6 +30,11 @@
 //   /v1/completions        prompt: prompt;          output: max_tokens (16 if absent)
 //   /v1/responses          prompt: input, instructions; output: max_output_tokens
 //   /v1/embeddings         prompt: input;           output: none
+//   /v1/messages           prompt: messages, system; output: max_tokens  (--provider anthropic)
+//
+// `"stream": true` answers are relayed event by event and settled from the
+// stream's own usage (see README, "Run a gateway"). GET /healthz answers on
+// the serving port; --metrics-listen serves GET /metrics (Prometheus).
 //
 // For such a request the gateway:
 //   1. reads the header only (bounded in size and time); a path that is not
