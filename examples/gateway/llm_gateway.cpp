@@ -1035,40 +1035,47 @@ class Gateway {
     r.watching = true;
     net::co_spawn(r.client.get_executor(), watch_client(r), net::detached);
     llm::SseSplitter events(kMaxEventBytes);
-    for (;;) {
-      head.body().data = chunk;
-      head.body().size = sizeof chunk;
-      beast::get_lowest_layer(stream).expires_after(kUpstreamIdle);
-      auto [ec, n] = co_await http::async_read_some(stream, buffer, parser, net::as_tuple(net::use_awaitable));
-      if (ec && ec != http::error::need_buffer) {
-        if (!r.client_gone) out.note = "upstream stream: " + ec.message();
-        break;
-      }
-      std::string forward;
-      try {
-        events.feed(std::string_view(chunk, sizeof chunk - head.body().size));
-        while (auto e = events.next())
-          if (r.usage.on_event(*e)) forward += e->raw;
-      } catch (const std::length_error& e) {
-        out.note = std::string("upstream stream: ") + e.what();
-        break;
-      }
-      if (parser.is_done()) forward += events.rest();
-      if (!forward.empty()) {
-        r.client.expires_after(kClientWrite);
-        auto [cec, cn] = co_await net::async_write(r.client, http::make_chunk(net::buffer(forward)), net::as_tuple(net::use_awaitable));
-        if (cec) {
-          r.client_gone = true;
+    // Whatever happens here, the watcher is stopped and joined below before
+    // `r` (in the caller's frame) can go.
+    try {
+      for (;;) {
+        if (r.client_gone) break;  // the watcher saw it go (no upstream read was pending to cancel)
+        head.body().data = chunk;
+        head.body().size = sizeof chunk;
+        beast::get_lowest_layer(stream).expires_after(kUpstreamIdle);
+        auto [ec, n] = co_await http::async_read_some(stream, buffer, parser, net::as_tuple(net::use_awaitable));
+        if (ec && ec != http::error::need_buffer) {
+          if (!r.client_gone) out.note = "upstream stream: " + ec.message();
+          break;
+        }
+        std::string forward;
+        try {
+          events.feed(std::string_view(chunk, sizeof chunk - head.body().size));
+          while (auto e = events.next())
+            if (r.usage.on_event(*e)) forward += e->raw;
+        } catch (const std::length_error& e) {
+          out.note = std::string("upstream stream: ") + e.what();
+          break;
+        }
+        if (parser.is_done()) forward += events.rest();
+        if (!forward.empty()) {
+          r.client.expires_after(kClientWrite);
+          auto [cec, cn] = co_await net::async_write(r.client, http::make_chunk(net::buffer(forward)), net::as_tuple(net::use_awaitable));
+          if (cec) {
+            r.client_gone = true;
+            break;
+          }
+        }
+        if (parser.is_done()) {
+          out.upstream_reusable = head.keep_alive();  // the upstream's side is complete
+          r.client.expires_after(kClientWrite);
+          auto [lec, ln] = co_await net::async_write(r.client, http::make_chunk_last(), net::as_tuple(net::use_awaitable));
+          r.clean = !lec;
           break;
         }
       }
-      if (parser.is_done()) {
-        out.upstream_reusable = head.keep_alive();  // the upstream's side is complete
-        r.client.expires_after(kClientWrite);
-        auto [lec, ln] = co_await net::async_write(r.client, http::make_chunk_last(), net::as_tuple(net::use_awaitable));
-        r.clean = !lec;
-        break;
-      }
+    } catch (const std::exception& e) {
+      out.note = std::string("relay: ") + e.what();
     }
     r.finished = true;
     if (r.watching) {
