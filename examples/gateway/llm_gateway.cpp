@@ -1111,6 +1111,15 @@ class Gateway {
     co_return parser.release();
   }
 
+  // Keeps the upstream's latest resumable TLS session for the next new
+  // connection (read after an exchange: TLS 1.3 sends its tickets after the
+  // handshake).
+  void remember_session(ssl::stream<beast::tcp_stream>& s) {
+    SSL_SESSION* got = SSL_get1_session(s.native_handle());
+    if (got && SSL_SESSION_is_resumable(got)) tls_session_.reset(got, SSL_SESSION_free);
+    else if (got) SSL_SESSION_free(got);
+  }
+
   // An upstream connection (TLS or plain) and when it went idle.
   struct UpstreamConn {
     std::unique_ptr<ssl::stream<beast::tcp_stream>> tls;
@@ -1184,11 +1193,14 @@ class Gateway {
     beast::error_code ignored;
     c->lowest().socket().set_option(tcp::no_delay(true), ignored);
     if (c->tls) {
+      // Resume the last session the upstream gave us: no full handshake.
+      if (tls_session_) SSL_set_session(c->tls->native_handle(), tls_session_.get());
       auto [hec] = co_await c->tls->async_handshake(ssl::stream_base::client, net::as_tuple(net::use_awaitable));
       if (hec) {
         out.note = "upstream TLS: " + hec.message();
         co_return nullptr;
       }
+      metrics_.connection(SSL_session_reused(c->tls->native_handle()) ? "tls_resumed" : "tls_full");
     }
     metrics_.connection("opened");
     co_return c;
@@ -1215,6 +1227,7 @@ class Gateway {
       if (c->tls) res = co_await exchange(*c->tls, req, out, relay);  // (g++ 12 miscompiles co_await in ?:)
       else res = co_await exchange(*c->plain, req, out, relay);
       const bool failed = !res && !(relay && relay->streamed);
+      if (c->tls && !failed) remember_session(*c->tls);
       if (out.upstream_reusable && pool_.size() < config_.upstream_connections && !stopping_) {
         c->idle_since = std::chrono::steady_clock::now();
         pool_.push_back(std::move(c));
@@ -1347,6 +1360,7 @@ class Gateway {
   std::optional<tcp::acceptor> metrics_acceptor_;
   std::vector<std::unique_ptr<UpstreamConn>> pool_;  // idle upstream connections, most recent last
   net::steady_timer sweep_timer_{io_};
+  std::shared_ptr<SSL_SESSION> tls_session_;  // the last resumable upstream TLS session
   int metrics_connections_ = 0;
   std::list<Conn*> conns_;
   std::uint64_t refused_connections_ = 0;

@@ -60,7 +60,8 @@ class GatewayMetrics final : public tollgate::Listener<tollgate::KeyedCosts> {
         connections_(prometheus::BuildCounter()
                          .Name("tollgate_gateway_upstream_connections_total")
                          .Help("Upstream connections: opened, reused from the pool, stale (found closed or "
-                               "idle too long), retried (a pooled one died before the request left)")
+                               "idle too long), retried (a pooled one died before the request left), and "
+                               "TLS handshakes: tls_resumed (a session reused), tls_full")
                          .Register(*registry_)),
         tokens_(prometheus::BuildCounter()
                     .Name("tollgate_gateway_tokens_total")

@@ -27,7 +27,7 @@
 // A keep-alive connection idle for --keepalive-ms is closed (as providers
 // close idle connections). GET /v1/models answers a model list, GET /stats the mock's counters
 // (`received` counts every request on any path, `connections` every
-// accepted connection). For tests of a hostile upstream, a request body's
+// accepted connection, `tls_resumed` the TLS handshakes that resumed a session). For tests of a hostile upstream, a request body's
 // "mock_usage" is sent back verbatim as `usage` (the string "omit": no usage
 // at all), "mock_chunks" sets how many content events a stream has (up to
 // 100,000), "mock_chunk_ms" their spacing, and "mock_huge_event" puts an
@@ -73,7 +73,7 @@ struct ProviderBucket {
 struct Mock {
   ProviderBucket requests, tokens, input, output;
   std::chrono::milliseconds latency, chunk_gap, keepalive;
-  long served = 0, refused = 0, bad = 0, received = 0, connections = 0, streams = 0, streams_cut = 0;
+  long served = 0, refused = 0, bad = 0, received = 0, connections = 0, streams = 0, streams_cut = 0, tls_resumed = 0;
   std::string required_key{};  // --require-key: billed paths answer 401 without it
   long long next_id = 1;
 };
@@ -200,7 +200,8 @@ net::awaitable<Reply> handle(Mock& m, const http::request<http::string_body>& re
   if (req.method() == http::verb::get && target == "/stats")
     co_return Reply{reply(req, http::status::ok,
                           json{{"served", m.served}, {"refused", m.refused}, {"bad", m.bad}, {"received", m.received},
-                               {"connections", m.connections}, {"streams", m.streams}, {"streams_cut", m.streams_cut}})};
+                               {"connections", m.connections}, {"streams", m.streams}, {"streams_cut", m.streams_cut},
+                               {"tls_resumed", m.tls_resumed}})};
   ++m.received;
   if (req.method() == http::verb::get && target == "/v1/models")
     co_return Reply{reply(req, http::status::ok, json{{"object", "list"}, {"data", json::array({json{{"id", "mock-1"}, {"object", "model"}}})}})};
@@ -353,6 +354,7 @@ net::awaitable<void> session(Mock& m, tcp::socket socket, ssl::context* tls) {
     ssl::stream<beast::tcp_stream> stream(beast::tcp_stream(std::move(socket)), *tls);
     auto [ec] = co_await stream.async_handshake(ssl::stream_base::server, net::as_tuple(net::use_awaitable));
     if (ec) co_return;
+    if (SSL_session_reused(stream.native_handle())) ++m.tls_resumed;
     co_await serve(m, stream);
     auto [sec] = co_await stream.async_shutdown(net::as_tuple(net::use_awaitable));
     (void)sec;

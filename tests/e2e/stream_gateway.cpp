@@ -21,13 +21,16 @@
 //   - connection reuse: ten calls through the gateway open one upstream
 //     connection (the mock counts them), ten without the pool open ten; a
 //     pooled connection the upstream closed while idle is replaced, and no
-//     request reaches the upstream twice.
+//     request reaches the upstream twice; over HTTPS, a new connection
+//     resumes the upstream's TLS session (one full handshake in three calls
+//     without the pool), and the pool needs one handshake for three calls.
 //
 //   usage: stream_gateway MOCK_BINARY GATEWAY_BINARY WORK_DIR
 
 #include <signal.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <sstream>
 #include <string>
@@ -358,6 +361,37 @@ void pool_phase(const std::string& mock_bin, const std::string& gateway_bin, con
   finish(mock);
 }
 
+void tls_phase(const std::string& mock_bin, const std::string& gateway_bin, const std::string& key, const std::string& work) {
+  (void)std::system(("mkdir -p '" + work + "'").c_str());
+  Child mock;
+  spawn(mock, {mock_bin, "--listen", "127.0.0.1:0", "--rpm", "600000", "--tpm", "600000000", "--latency-ms", "1",
+               "--tls-dir", work, "--require-key-env", "MOCK_KEY"},
+        {{{"MOCK_KEY", key}}, 0});
+  const std::string upstream = "https://127.0.0.1:" + std::to_string(port_of(mock.first_line));
+  const std::string chat = R"({"model":"mock-1","messages":[{"role":"user","content":"over TLS"}],"max_tokens":20})";
+  for (const bool pooled : {false, true}) {
+    std::vector<std::string> extra = {"--upstream-ca", work + "/cert.pem", "--metrics-listen", "127.0.0.1:0", "--rpm", "600000",
+                                      "--tpm", "600000000", "--tier", "big:600000:600000000", "--key", "sk-tls:big"};
+    if (!pooled) extra.insert(extra.end(), {"--upstream-connections", "0"});
+    Child gw = start_gateway(gateway_bin, upstream, key, extra);
+    const unsigned short port = port_of(gw.first_line);
+    const unsigned short metrics_port = port_of(gw.first_line.substr(gw.first_line.find("metrics on")));
+    int ok = 0;
+    for (int i = 0; i < 3; ++i) ok += status_of(once(port, post("/v1/chat/completions", "sk-tls", chat))) == 200;
+    const std::string m = body_of(once(metrics_port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"));
+    const double full = metric(m, "tollgate_gateway_upstream_connections_total", {"event=\"tls_full\""});
+    const double resumed = metric(m, "tollgate_gateway_upstream_connections_total", {"event=\"tls_resumed\""});
+    const double reused = metric(m, "tollgate_gateway_upstream_connections_total", {"event=\"reused\""});
+    check(ok == 3 && full == 1 && (pooled ? resumed == 0 && reused == 2 : resumed == 2),
+          std::string(pooled ? "tls, pooled" : "tls, no pool") + ": 3 calls, " + std::to_string(int(full)) +
+              " full handshake(s), " + std::to_string(int(resumed)) + " resumed, " + std::to_string(int(reused)) +
+              " pooled reuse(s)");
+    check(stop(gw) == 0, std::string(pooled ? "tls, pooled" : "tls, no pool") + ": the gateway exits 0");
+  }
+  kill(mock.pid, SIGTERM);
+  finish(mock);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -376,6 +410,7 @@ int main(int argc, char** argv) {
   anthropic_phase(gateway_bin, upstream, key);
   metrics_phase(gateway_bin, upstream, key);
   pool_phase(mock_bin, gateway_bin, key);
+  tls_phase(mock_bin, gateway_bin, key, std::string(argv[3]) + "/tls");
   kill(mock.pid, SIGTERM);
   finish(mock);
   std::printf("%s: %d failure(s)\n", tge2e::failures ? "FAILED" : "passed", tge2e::failures);
