@@ -14,7 +14,7 @@
 //               [--max-connections 512] [--idle-timeout-ms 30000] [--header-timeout-ms 10000]
 //               [--body-timeout-ms 30000] [--max-header-bytes 16384]
 //               [--max-body-bytes 1048576] [--max-usage-tokens 1000000]
-//               [--upstream-connections 32] [--upstream-idle-ms 15000]
+//               [--upstream-connections 32] [--upstream-idle-ms 15000] [--max-stream-seconds 600]
 //               [--metrics-listen 127.0.0.1:9464] [--metrics-max-keys 100]
 //
 // A config file holds the same options, one per line without the dashes
@@ -130,6 +130,7 @@ struct Config {
   std::size_t metrics_max_keys = 100;
   std::size_t upstream_connections = 32;  // idle keep-alive connections kept (0: one per request)
   std::chrono::milliseconds upstream_idle = 15000ms;
+  std::chrono::seconds max_stream = 600s;  // a streamed answer longer than this is cut
   std::map<std::string, Tier> tiers;
   std::map<std::string, std::string> keys;  // API key -> tier
   std::chrono::milliseconds max_wait = 2000ms;
@@ -243,6 +244,7 @@ void apply_option(Config& c, const std::string& name, const std::string& value) 
     if (used != value.size() || n < 0) throw std::invalid_argument("upstream-connections must be an integer >= 0, got " + value);
     c.upstream_connections = std::size_t(n);
   }
+  else if (name == "max-stream-seconds") c.max_stream = std::chrono::seconds(positive(name, value));
   else if (name == "upstream-idle-ms") c.upstream_idle = std::chrono::milliseconds(positive(name, value));
   else if (name == "max-connections") c.max_connections = std::size_t(positive(name, value));
   else if (name == "idle-timeout-ms") c.idle_timeout = std::chrono::milliseconds(positive(name, value));
@@ -1035,11 +1037,16 @@ class Gateway {
     r.watching = true;
     net::co_spawn(r.client.get_executor(), watch_client(r), net::detached);
     llm::SseSplitter events(kMaxEventBytes);
+    const auto cut_at = std::chrono::steady_clock::now() + config_.max_stream;
     // Whatever happens here, the watcher is stopped and joined below before
     // `r` (in the caller's frame) can go.
     try {
       for (;;) {
         if (r.client_gone) break;  // the watcher saw it go (no upstream read was pending to cancel)
+        if (std::chrono::steady_clock::now() >= cut_at) {
+          out.note = "upstream stream: longer than --max-stream-seconds, cut";
+          break;
+        }
         head.body().data = chunk;
         head.body().size = sizeof chunk;
         beast::get_lowest_layer(stream).expires_after(kUpstreamIdle);

@@ -102,7 +102,7 @@ int main(int argc, char** argv) {
   spawn(gw,
         {gateway_bin, "--listen", "127.0.0.1:0", "--upstream", upstream, "--config", work + "/security.conf", "--rpm",
          "600000", "--tpm", "600000000", "--max-wait-ms", "50", "--idle-timeout-ms", "500", "--header-timeout-ms", "500", "--body-timeout-ms",
-         "500", "--max-connections", "40", "--max-body-bytes", "1048576"},
+         "500", "--max-connections", "40", "--max-body-bytes", "1048576", "--max-stream-seconds", "1"},
         {{{"TOLLGATE_UPSTREAM_KEY", upstream_key}}, 64});
   const unsigned short port = port_of(gw.first_line);
   const std::string victim = "sk-victim-aaaa";
@@ -256,6 +256,12 @@ int main(int argc, char** argv) {
                                                      ask + R"(,"stream_options":{"include_usage":true},"mock_usage":{"prompt_tokens":-7,"completion_tokens":1e300}})"));
     check(status_of(absurd) == 200 && absurd.find("\r\n0\r\n\r\n") != std::string::npos,
           "hostile upstream: a stream with absurd usage is relayed whole");
+    // A stream that would run 20 s (2,000 events 10 ms apart) against --max-stream-seconds 1.
+    const auto t0 = Clock::now();
+    const std::string endless = once_stream(port, post("/v1/chat/completions", victim, ask + R"(,"mock_chunks":2000,"mock_chunk_ms":10})"));
+    const double took = std::chrono::duration<double>(Clock::now() - t0).count();
+    check(status_of(endless) == 200 && endless.find("\r\n0\r\n\r\n") == std::string::npos,
+          "hostile upstream: a stream longer than --max-stream-seconds is cut (" + std::to_string(took) + " s)");
     const int v = status_of(once(port, post("/v1/chat/completions", victim, kChat, "Connection: close\r\n")));
     check(v == 200, "hostile upstream: the key is usable after the hostile streams (" + std::to_string(v) + ")");
   }
