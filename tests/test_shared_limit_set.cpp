@@ -2,6 +2,8 @@
 // its tier; key and upstream taken as one operation; exact cancellation;
 // conformance of the shared set and of every key in every window.
 
+#include <cmath>
+#include <functional>
 #include <algorithm>
 #include <atomic>
 #include <map>
@@ -428,4 +430,89 @@ TEST_CASE("SharedLimitSet: two threads of keyed waiters, cancellations and try_a
   for (Log& l : logs) l.tasks.clear();
   set.sweep(100);
   CHECK(set.keys() == 0);  // everything refilled and nothing holds a key: all evicted
+}
+
+// set_tiers: a reloaded configuration keeps every key's state.
+namespace {
+Shared::Options reloaded(double light_weight, double heavy_weight, Limit cap,
+                         std::function<std::size_t(const std::string&)> tier_of = {}) {
+  Shared::Options o = two_tiers();
+  o.tiers = {KeyTier{"light", light_weight, {}}, KeyTier{"heavy", heavy_weight, {}},
+             KeyTier{"capped", 1, {{"requests", cap}}}};
+  if (tier_of) o.tier_of = std::move(tier_of);
+  return o;
+}
+}  // namespace
+
+TEST_CASE("SharedLimitSet: set_tiers carries each key's level to its new limits and re-times its waiters") {
+  Rig r(two_tiers(), Limit{1000, 1000});  // the shared set never binds here
+  REQUIRE(r.set.try_acquire(std::string("c1"), Costs{1, 0}));  // c1's own limit (1 of burst, 2/s): empty
+  r.flood("c1", 1);                                            // due at 0.5 s under 2/s
+  Shared::Options o = reloaded(1, 3, Limit{4, 1});             // capped: 4 of burst, 1/s
+  r.set.set_tiers(o.tiers, o.tier_of);
+  CHECK(r.set.key_available(std::string("c1"), 0) == 0);  // no token created
+  r.clock.advance(std::chrono::milliseconds(600));
+  CHECK(r.log.empty());  // re-timed: now due at 1 s (1/s)
+  r.clock.advance(std::chrono::milliseconds(400));
+  REQUIRE(r.log.size() == 1);
+  CHECK(r.log[0].t_ns == 1'000'000'000);
+  CHECK(r.log[0].status == Status::acquired);
+}
+
+TEST_CASE("SharedLimitSet: set_tiers moves keys between tiers; a newly capped key starts full, none gains tokens") {
+  Rig r(two_tiers(), Limit{1000, 1000});
+  REQUIRE(r.set.try_acquire(std::string("a1"), Costs{1, 0}));  // light: not capped
+  REQUIRE(r.set.try_acquire(std::string("c2"), Costs{0.5, 0}));  // capped: 0.5 of its 1 left
+  CHECK(std::isinf(r.set.key_available(std::string("a1"), 0)));
+  auto tier_of = [](const std::string& k) -> std::size_t { return k == "a1" || k[0] == 'c' ? 2 : k[0] == 'b' ? 1 : 0; };
+  Shared::Options o = reloaded(1, 3, Limit{4, 1}, tier_of);
+  r.set.set_tiers(o.tiers, o.tier_of);
+  CHECK(r.set.key_available(std::string("a1"), 0) == 4);    // newly capped: full
+  CHECK(r.set.key_available(std::string("c2"), 0) == 0.5);  // kept, not raised to 4
+  o = reloaded(1, 3, Limit{2, 1}, tier_of);                  // a smaller burst
+  r.set.set_tiers(o.tiers, o.tier_of);
+  CHECK(r.set.key_available(std::string("a1"), 0) == 2);  // capped at the new capacity
+  CHECK(r.set.key_available(std::string("c2"), 0) == 0.5);
+  CHECK(r.set.key_available(std::string("c-new"), 0) == 2);  // a new key: the new tier, full
+  // A waiter whose cost exceeds its key's new capacity finishes never.
+  r.flood("c2", 1, Costs{2, 0});
+  o = reloaded(1, 3, Limit{1.5, 1}, tier_of);
+  r.set.set_tiers(o.tiers, o.tier_of);
+  REQUIRE(r.log.size() == 1);
+  CHECK(r.log[0].status == Status::never);
+}
+
+TEST_CASE("SharedLimitSet: set_tiers' weights share what is queued after it") {
+  Rig r;
+  Shared::Options o = reloaded(3, 1, Limit{1, 2});  // light and heavy swap weights
+  r.set.set_tiers(o.tiers, o.tier_of);
+  r.flood("a", 100);
+  r.flood("b", 100);
+  r.clock.advance(std::chrono::seconds(8));
+  CHECK(r.granted("a", 8'000'000'000) == 61);  // the burst and 60 of the 80 queued grants
+  CHECK(r.granted("b", 8'000'000'000) == 20);
+}
+
+TEST_CASE("SharedLimitSet: a bad set_tiers is refused, naming what is wrong, and changes nothing") {
+  Rig r(two_tiers(), Limit{1000, 1000});
+  const auto refusal = [&](const Shared::Options& o) -> std::string {
+    try {
+      r.set.set_tiers(o.tiers, o.tier_of);
+    } catch (const std::invalid_argument& e) {
+      return e.what();
+    }
+    return "(accepted)";
+  };
+  REQUIRE(r.set.try_acquire(std::string("c1"), Costs{1, 0}));
+  Shared::Options bad = reloaded(1, 3, Limit{4, 1});
+  bad.tiers[2].limits = {{"bogus", Limit{1, 1}}};
+  CHECK(refusal(bad).find("\"bogus\", which is not a dimension") != std::string::npos);
+  bad = reloaded(1, 3, Limit{4, 1}, [](const std::string&) -> std::size_t { return 7; });
+  CHECK(refusal(bad).find("tier_of returned 7") != std::string::npos);
+  bad = reloaded(0, 3, Limit{4, 1});
+  CHECK(refusal(bad).find("has weight 0") != std::string::npos);
+  // Unchanged: c1 still capped at 1 of burst, 2/s, and empty.
+  CHECK(r.set.key_available(std::string("c1"), 0) == 0);
+  r.clock.advance(std::chrono::milliseconds(500));
+  CHECK(r.set.key_available(std::string("c1"), 0) == 1);
 }

@@ -269,6 +269,42 @@ class SharedLimitSet : public detail::WaitingBucket<detail::FairCore, Clock, Mut
     this->mutate([&](Core& core, fine_t t, detail::WaiterList& finished) { core.reconfigure(t, i, limit, finished); });
   }
 
+  /// Replaces the tiers and `tier_of` (a reloaded configuration) without
+  /// resetting any key: every key held takes the tier `tier_of` now gives it
+  /// (the overflow key: `overflow_tier`); its own limits keep its tokens,
+  /// capped at the new capacity (a dimension newly capped starts full); its
+  /// queued requests are re-timed under the new caps, and one whose cost
+  /// exceeds its key's new capacity finishes `never`
+  /// (`cost_exceeds_new_capacity`). New weights apply to requests queued from
+  /// now on. Throws `std::invalid_argument` (as the constructor) for bad
+  /// tiers, an `overflow_tier` out of range, or a `tier_of` that answers out
+  /// of range for a key held; the set is then unchanged.
+  void set_tiers(std::vector<KeyTier> tiers, std::function<std::size_t(const Key&)> tier_of) {
+    Options next = options_;
+    next.tiers = std::move(tiers);
+    next.tier_of = std::move(tier_of);
+    std::vector<detail::FairTier> fair = tiers_of(dims_, next, "SharedLimitSet::set_tiers");
+    if (next.overflow_tier >= next.tiers.size())
+      throw std::invalid_argument("SharedLimitSet::set_tiers: overflow_tier " + std::to_string(next.overflow_tier) +
+                                  " out of range (" + std::to_string(next.tiers.size()) + " tiers)");
+    this->mutate([&](Core& core, fine_t t, detail::WaiterList& finished) {
+      // Every key's new tier first (tier_of may throw: nothing has changed yet).
+      std::vector<std::uint32_t> tier_of_slot(core.slot_count(), 0);
+      for (std::uint32_t id = 0; id < core.slot_count(); ++id) {
+        detail::KeySlot& k = core.slot(id);
+        if (!k.in_use) continue;
+        const std::size_t to = &k == overflow_ ? next.overflow_tier : next.tier_of ? next.tier_of(key_at(id)) : 0;
+        if (to >= next.tiers.size())
+          throw std::invalid_argument("SharedLimitSet::set_tiers: tier_of returned " + std::to_string(to) + "; there are " +
+                                      std::to_string(next.tiers.size()) + " tiers");
+        tier_of_slot[id] = static_cast<std::uint32_t>(to);
+      }
+      core.retier(t, std::move(fair), [&](const detail::KeySlot& k) { return tier_of_slot[k.id]; }, finished);
+      options_.tiers = std::move(next.tiers);  // under the lock: new keys read tier_of there
+      options_.tier_of = std::move(next.tier_of);
+    });
+  }
+
   /// Unreserved tokens of shared dimension `i` (0 while paused or while waiters are queued).
   double available(std::size_t i) const {
     dims_.check_index("SharedLimitSet::available", i);

@@ -437,6 +437,64 @@ class FairCore {
     return holds_.cap(now, d, dims_[d].step.tokens(dims_[d].start, now));
   }
 
+  /// Replaces the tiers (a reloaded configuration); key `k` takes tier
+  /// `tier_of(k)`. Each key's own limits are settled under its old caps and
+  /// carried to its new ones (tokens never created; a dimension newly capped
+  /// starts full, one no longer capped forgets its state); queued waiters are
+  /// re-timed, and one whose cost now exceeds its key's capacity finishes
+  /// `never`. New weights apply to requests queued from now on.
+  template <class TierOf>
+  void retier(fine_t now, std::vector<FairTier> tiers, TierOf&& tier_of, WaiterList& finished) noexcept {
+    now = grant_due(now);
+    for (std::uint32_t id = 0; id < keys_.count(); ++id) {
+      KeySlot& k = keys_.at(id);
+      if (!k.in_use) continue;
+      const std::uint32_t t = tier_of(k);
+      const FairTier& was = tiers_[k.tier];
+      const FairTier& is = tiers[t];
+      for (std::size_t d = 0; d < n_; ++d) {
+        if (!is.capped[d]) continue;
+        if (was.capped[d]) {
+          BucketStep step = was.cap[d];
+          ks(k, d) = step.reconfigure(ks(k, d), now, is.cap[d].limit);
+        } else {
+          ks(k, d) = now - is.cap[d].tau;
+        }
+      }
+      k.tier = t;
+    }
+    tiers_ = std::move(tiers);
+    floor_ = std::max(floor_, now);
+    for (Active& a : records_) {
+      if (!a.key) continue;
+      FairTier& t = tiers_[a.key->tier];
+      for (Waiter* p = a.q.front(); p;) {
+        auto& w = static_cast<FairWaiter&>(*p);
+        p = p->next;  // before unqueue: the record may be freed with its last waiter
+        std::size_t over = n_;
+        for (std::size_t d = 0; d < n_ && over == n_; ++d)
+          if (t.capped[d] && w.request.costs_[d] > t.cap[d].limit.capacity) over = d;
+        if (over < n_) {
+          unqueue(w);
+          w.place = WaiterPlace::none;
+          w.outcome = Status::never;
+          w.reason = Reason::cost_exceeds_new_capacity;
+          w.dimension = static_cast<std::uint8_t>(over);
+          w.cost = w.request.costs_[over];
+          finished.push_back(w);
+          continue;
+        }
+        for (std::size_t d = 0; d < n_; ++d) {
+          a.ktotal[d] -= w.kiv[d];
+          w.kiv[d] = t.capped[d] ? t.cap[d].interval(w.request.costs_[d]) : 0;
+          a.ktotal[d] += w.kiv[d];
+        }
+      }
+      if (a.key) refresh(a);
+    }
+    grant_due(now);
+  }
+
   /// Changes shared dimension d's limit (tokens settled first, never
   /// created); a waiter whose cost in d now exceeds the capacity finishes `never`.
   void reconfigure(fine_t now, std::size_t d, const Limit& limit, WaiterList& finished) noexcept {
