@@ -281,7 +281,7 @@ void apply_option(Config& c, const std::string& name, const std::string& value) 
     else throw std::invalid_argument("sharing must be fair or fifo, got " + value);
   } else if (name == "key") {
     auto p = split(value, ':');
-    if (p.size() != 2) throw std::invalid_argument("key must be KEY:TIER, got " + value);
+    if (p.size() != 2) throw std::invalid_argument("a key must be KEY:TIER (one is not; keys are not logged)");
     c.keys[p[0]] = p[1];
   } else {
     throw std::invalid_argument("unknown option " + name);
@@ -371,14 +371,23 @@ std::vector<tollgate::Dimension> tier_dims(const Tier& t) {
 }
 
 // The shared upstream set's options: one tier per configured tier (its
-// per-key limits and weight), each known key mapped to its tier.
-Shared::Options sharing_options(const Config& c) {
+// per-key limits and weight), each known key mapped to its tier. On a
+// reload, `previous` (the tiers in use) keeps every tier's index: a tier
+// named again is redefined in place, a new one is appended, and one no
+// longer named stays (no key maps to it).
+Shared::Options sharing_options(const Config& c, std::vector<tollgate::KeyTier> previous = {}) {
   Shared::Options o;
-  o.tiers.clear();
+  o.tiers = std::move(previous);
   auto index = std::make_shared<std::map<std::string, std::size_t>>();
+  for (std::size_t i = 0; i < o.tiers.size(); ++i) (*index)[o.tiers[i].name] = i;
   for (const auto& [name, t] : c.tiers) {
-    (*index)[name] = o.tiers.size();
-    o.tiers.push_back({name, t.weight, tier_dims(t)});
+    tollgate::KeyTier def{name, t.weight, tier_dims(t)};
+    if (auto it = index->find(name); it != index->end()) {
+      o.tiers[it->second] = std::move(def);
+    } else {
+      (*index)[name] = o.tiers.size();
+      o.tiers.push_back(std::move(def));
+    }
   }
   if (o.tiers.empty()) o.tiers.push_back({"default", 1, {}});  // no keys can be known then anyway
   auto keys = std::make_shared<std::map<std::string, std::string>>(c.keys);
@@ -387,7 +396,8 @@ Shared::Options sharing_options(const Config& c) {
     return it == keys->end() ? 0 : index->at(it->second);
   };
   o.sharing = c.sharing;
-  o.max_keys = std::max<std::size_t>(c.keys.size(), 1);  // only known keys ever get here
+  // Only known keys ever get here; room for the keys later reloads add.
+  o.max_keys = std::max<std::size_t>(4 * c.keys.size(), 10000);
   return o;
 }
 
@@ -472,7 +482,8 @@ class Gateway {
         url_(Url::parse(config_.upstream)),
         metrics_(config_.metrics_max_keys),
         timers_(io.get_executor()),
-        upstream_(upstream_dims(config_), sharing_options(config_), std::chrono::steady_clock{},
+        sharing_(sharing_options(config_)),
+        upstream_(upstream_dims(config_), sharing_, std::chrono::steady_clock{},
                   &timers_),
         feedback_(upstream_, feedback_options(config_)),
         estimator_(estimator_options(config_)),
@@ -488,6 +499,42 @@ class Gateway {
   }
 
   ~Gateway() { upstream_.set_listener(nullptr); }
+
+  // SIGHUP: the configuration again (command line and file). Keys, tiers
+  // and weights take effect at once, for requests in flight too, and no
+  // key's current state is reset (SharedLimitSet::set_tiers); the rest
+  // needs a restart and is kept (the log line names what differed). A bad
+  // configuration is refused with a log line; the old one stays.
+  void reload(int argc, char** argv) {
+    try {
+      const Config next = parse_args(argc, argv);
+      json kept = json::array();
+      const auto differs = [&](const char* name, bool d) {
+        if (d) kept.push_back(name);
+      };
+      differs("upstream", next.upstream != config_.upstream || next.upstream_ca != config_.upstream_ca);
+      differs("upstream key", next.upstream_key != config_.upstream_key);
+      differs("provider", next.api != config_.api || next.anthropic_version != config_.anthropic_version);
+      differs("upstream limits", next.rpm != config_.rpm || next.tpm != config_.tpm || next.itpm != config_.itpm ||
+                                     next.otpm != config_.otpm || next.burst != config_.burst);
+      differs("sharing", next.sharing != config_.sharing);
+      differs("listen", next.listen != config_.listen || next.metrics_listen != config_.metrics_listen);
+      Shared::Options o = sharing_options(next, sharing_.tiers);
+      upstream_.set_tiers(o.tiers, o.tier_of);  // throws for a bad tier: nothing changed
+      sharing_ = std::move(o);
+      config_.keys = next.keys;
+      config_.tiers = next.tiers;
+      metrics_.reload("ok");
+      std::printf("%s\n", json{{"event", "reload"}, {"keys", config_.keys.size()}, {"tiers", config_.tiers.size()},
+                               {"kept_until_restart", kept}}
+                              .dump()
+                              .c_str());
+      std::fflush(stdout);
+    } catch (const std::exception& e) {
+      metrics_.reload("rejected");
+      log_event("reload_rejected", std::string(e.what()) + "; the configuration in use stays");
+    }
+  }
 
   unsigned short port() const { return acceptor_.local_endpoint().port(); }
   std::optional<unsigned short> metrics_port() const {
@@ -714,7 +761,11 @@ class Gateway {
     Response res = plain(version, http::status::too_many_requests, "rate limit: " + upstream_.message(r), "rate_limit_exceeded");
     res.set(http::field::retry_after, tollgate::retry_after_header(r.retry_after()));
     // A dimension the key's tier caps has that policy; the others, the upstream's.
-    const Tier& tier = config_.tiers.at(config_.keys.at(key));
+    // (A key a reload removed meanwhile has no tier: the upstream's policy.)
+    const auto k = config_.keys.find(key);
+    const auto t = k == config_.keys.end() ? config_.tiers.end() : config_.tiers.find(k->second);
+    const Tier none{};
+    const Tier& tier = t == config_.tiers.end() ? none : t->second;
     std::string policy, state;
     for (std::size_t i = 0; i < upstream_.size(); ++i) {
       const std::string name(upstream_.name(i));
@@ -1360,6 +1411,7 @@ class Gateway {
   std::optional<ssl::context> tls_;
   llm::GatewayMetrics metrics_;  // before the set it listens to: outlives it
   tollgate::boost_asio::TimerScheduler<> timers_;
+  Shared::Options sharing_;  // the tiers in use (their indices never change) and tier_of
   Shared upstream_;
   Feedback feedback_;
   tollgate::OutputEstimator estimator_;
@@ -1388,8 +1440,20 @@ int main(int argc, char** argv) {
     std::printf("\n");
     std::fflush(stdout);
     net::signal_set signals(io, SIGINT, SIGTERM);
+    net::signal_set hangup(io, SIGHUP);
+    std::function<void()> on_hangup = [&] {
+      hangup.async_wait([&](const beast::error_code& ec, int) {
+        if (ec) return;
+        gateway.reload(argc, argv);
+        on_hangup();
+      });
+    };
+    on_hangup();
     signals.async_wait([&](const beast::error_code& ec, int) {
-      if (!ec) gateway.stop();
+      if (ec) return;
+      beast::error_code ignored;
+      hangup.cancel(ignored);
+      gateway.stop();
     });
     gateway.start();
     io.run();

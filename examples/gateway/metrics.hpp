@@ -63,6 +63,10 @@ class GatewayMetrics final : public tollgate::Listener<tollgate::KeyedCosts> {
                                "idle too long), retried (a pooled one died before the request left), and "
                                "TLS handshakes: tls_resumed (a session reused), tls_full")
                          .Register(*registry_)),
+        reloads_(prometheus::BuildCounter()
+                     .Name("tollgate_gateway_reloads_total")
+                     .Help("Configuration reloads (SIGHUP): ok, rejected (the old configuration stays)")
+                     .Register(*registry_)),
         tokens_(prometheus::BuildCounter()
                     .Name("tollgate_gateway_tokens_total")
                     .Help("Tokens reserved at admission (estimated) and charged at completion (settled)")
@@ -107,6 +111,7 @@ class GatewayMetrics final : public tollgate::Listener<tollgate::KeyedCosts> {
   }
   void upstream(unsigned status) { upstream_.Add({{"status", std::to_string(status)}}).Increment(); }
   void upstream_failure() { upstream_failures_.Increment(); }
+  void reload(const char* result) { reloads_.Add({{"result", result}}).Increment(); }
   void connection(const char* event) { connections_.Add({{"event", event}}).Increment(); }
   void tokens(const std::string& tier, double estimated, double settled) {
     tokens_.Add({{"tier", tier}, {"kind", "estimated"}}).Increment(estimated);
@@ -154,6 +159,7 @@ class GatewayMetrics final : public tollgate::Listener<tollgate::KeyedCosts> {
   prometheus::Family<prometheus::Counter>& upstream_;
   prometheus::Counter& upstream_failures_;
   prometheus::Family<prometheus::Counter>& connections_;
+  prometheus::Family<prometheus::Counter>& reloads_;
   prometheus::Family<prometheus::Counter>& tokens_;
   prometheus::Family<prometheus::Counter>& streams_;
   prometheus::Family<prometheus::Gauge>& rate_;
