@@ -40,27 +40,6 @@ const std::string kStream = R"({"model":"mock-1","messages":[{"role":"user","con
 
 std::string request(const std::string& body) { return post("/v1/chat/completions", "sk-bench", body); }
 
-// Reads until the first server-sent event's data arrives.
-std::string read_until_data(int fd) {
-  std::string got;
-  char buf[4096];
-  while (got.find("data: ") == std::string::npos) {
-    const ssize_t n = recv(fd, buf, sizeof buf, 0);
-    if (n <= 0) break;
-    got.append(buf, std::size_t(n));
-  }
-  return got;
-}
-// Reads the rest of a chunked stream (through its last chunk).
-void read_rest_of_stream(int fd, std::string& got) {
-  char buf[4096];
-  while (got.find("\r\n0\r\n\r\n") == std::string::npos) {
-    const ssize_t n = recv(fd, buf, sizeof buf, 0);
-    if (n <= 0) break;
-    got.append(buf, std::size_t(n));
-  }
-}
-
 double percentile(std::vector<double> v, double q) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -103,9 +82,9 @@ std::vector<double> latencies(unsigned short port, double rate, double seconds, 
         const auto t0 = Clock::now();
         if (!send_all(fd, request(stream ? kStream : kChat))) break;
         if (stream) {
-          std::string got = read_until_data(fd);
+          std::string got = read_until(fd, "data: ");
           per[c].push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
-          read_rest_of_stream(fd, got);
+          read_until(fd, kLastChunk, std::move(got));
         } else {
           if (status_of(read_response(fd)) != 200) break;
           per[c].push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());

@@ -107,19 +107,28 @@ inline std::string once(unsigned short port, const std::string& raw) {
   return r;
 }
 
+// Reads until `needle` is in what arrived (or the peer closes, or the
+// receive timeout passes); returns everything read so far, `got` first.
+inline std::string read_until(int fd, const std::string& needle, std::string got = {}) {
+  char buf[8192];
+  while (got.find(needle) == std::string::npos) {
+    const ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    got.append(buf, std::size_t(n));
+  }
+  return got;
+}
+
+// The end of a chunked body: its last, empty chunk.
+inline constexpr const char* kLastChunk = "\r\n0\r\n\r\n";
+
 // One request on a fresh connection whose answer is chunked (a stream): all
 // of it, through the last chunk (or what came before the peer closed).
 inline std::string once_stream(unsigned short port, const std::string& raw) {
   const int fd = connect_to(port);
   if (fd < 0) return "";
   send_all(fd, raw);
-  std::string got;
-  char buf[8192];
-  while (got.find("\r\n0\r\n\r\n") == std::string::npos) {
-    const ssize_t n = recv(fd, buf, sizeof buf, 0);
-    if (n <= 0) break;
-    got.append(buf, std::size_t(n));
-  }
+  std::string got = read_until(fd, kLastChunk);
   close(fd);
   return got;
 }

@@ -58,20 +58,8 @@ using tge2e::spawn;
 using json = nlohmann::json;
 using namespace tge2e::raw;
 
-// Reads until `needle` is in what arrived (or the peer closes, or the
-// receive timeout passes); returns everything read so far.
-std::string read_until(int fd, const std::string& needle, std::string got = {}) {
-  char buf[4096];
-  while (got.find(needle) == std::string::npos) {
-    const ssize_t n = recv(fd, buf, sizeof buf, 0);
-    if (n <= 0) break;
-    got.append(buf, std::size_t(n));
-  }
-  return got;
-}
-
 // A whole chunked response (through its last, empty chunk).
-std::string read_chunked(int fd) { return read_until(fd, "\r\n0\r\n\r\n"); }
+std::string read_chunked(int fd) { return read_until(fd, kLastChunk); }
 
 // The JSON objects on the `data:` lines of a stream's body (chunk framing
 // lines are not JSON and are skipped).

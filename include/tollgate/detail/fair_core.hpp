@@ -437,6 +437,18 @@ class FairCore {
     return holds_.cap(now, d, dims_[d].step.tokens(dims_[d].start, now));
   }
 
+  // A queued waiter whose cost in dimension d a new capacity cannot hold:
+  // leaves the queue, finished `never`.
+  void outgrown(FairWaiter& w, std::size_t d, WaiterList& finished) noexcept {
+    unqueue(w);
+    w.place = WaiterPlace::none;
+    w.outcome = Status::never;
+    w.reason = Reason::cost_exceeds_new_capacity;
+    w.dimension = static_cast<std::uint8_t>(d);
+    w.cost = w.request.costs_[d];
+    finished.push_back(w);
+  }
+
   /// Replaces the tiers (a reloaded configuration); key `k` takes tier
   /// `tier_of(k)`. Each key's own limits are settled under its old caps and
   /// carried to its new ones (tokens never created; a dimension newly capped
@@ -475,13 +487,7 @@ class FairCore {
         for (std::size_t d = 0; d < n_ && over == n_; ++d)
           if (t.capped[d] && w.request.costs_[d] > t.cap[d].limit.capacity) over = d;
         if (over < n_) {
-          unqueue(w);
-          w.place = WaiterPlace::none;
-          w.outcome = Status::never;
-          w.reason = Reason::cost_exceeds_new_capacity;
-          w.dimension = static_cast<std::uint8_t>(over);
-          w.cost = w.request.costs_[over];
-          finished.push_back(w);
+          outgrown(w, over, finished);
           continue;
         }
         for (std::size_t d = 0; d < n_; ++d) {
@@ -507,13 +513,7 @@ class FairCore {
         auto& w = static_cast<FairWaiter&>(*p);
         p = p->next;  // before unqueue: the record may be freed with its last waiter
         if (w.request.costs_[d] > limit.capacity) {
-          unqueue(w);
-          w.place = WaiterPlace::none;
-          w.outcome = Status::never;
-          w.reason = Reason::cost_exceeds_new_capacity;
-          w.dimension = static_cast<std::uint8_t>(d);
-          w.cost = w.request.costs_[d];
-          finished.push_back(w);
+          outgrown(w, d, finished);
           continue;
         }
         a.stotal[d] -= w.iv[d];
