@@ -182,7 +182,8 @@ void BM_Primitive_CasLoop_Shared(benchmark::State& st) {
 }
 BENCHMARK(BM_Primitive_CasLoop_Shared)->Threads(2);
 
-// ---- The baseline: a faithful port of the seed's Python pattern -------------
+// ---- The baseline: the common Python asyncio token bucket, ported line for line
+// (docs/coming-from.md shows it; "SeedPort": the pattern tollgate started from)
 class SeedBucket {
  public:
   SeedBucket(double capacity, double rate)

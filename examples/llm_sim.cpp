@@ -22,7 +22,9 @@
 //
 //   llm_sim                       a readable table
 //   llm_sim --json                one JSON object per (profile, scenario, strategy)
-//   llm_sim --svg chart.svg       what the binding dimension admitted per 10 s
+//   llm_sim --svg chart.svg       per scenario: what the binding dimension counted
+//                                 upstream and the upstream 429s, per 10 s
+//   llm_sim --shares-svg s.svg    each key's share of the tiered workload, FIFO and fair
 //   llm_sim --duration 600 --check    exit 1 unless tollgate_adaptive meets
 //                                     its targets (used by CTest)
 
@@ -134,6 +136,8 @@ struct Result {
   double rate_429 = 0, utilization = 0, demand_ratio = 0, shed_rate = 0, p50_wait_ms = 0, p99_wait_ms = 0, jain = 0;
   std::uint64_t upstream_calls = 0, upstream_429 = 0, shed = 0, failed = 0;
   std::vector<double> admitted_per_bin;  // binding-dimension units counted per 10 s
+  std::vector<double> refused_per_bin;   // upstream 429s per 10 s
+  double allowed_per_second = 0;         // the binding dimension's allowance, averaged over the run
 };
 
 constexpr double kMaxLocalWait = 30;  // seconds a request may wait in the limiter
@@ -147,7 +151,7 @@ constexpr int kMaxAttempts = 6;
 class Client {
  public:
   Client(Sim& sim, Provider& provider, const ProviderProfile& profile, Strategy s, double duration)
-      : bins_(static_cast<std::size_t>(duration / 10) + 1), sim_(sim), provider_(provider), profile_(profile) {
+      : bins_(static_cast<std::size_t>(duration / 10) + 1), refused_bins_(bins_.size()), sim_(sim), provider_(provider), profile_(profile) {
     if (s == Strategy::none) return;
     // The gateway has been running: its estimator has seen earlier answers
     // (the same workload, other draws). A cold one reserves max_tokens for
@@ -201,6 +205,7 @@ class Client {
         co_return;
       }
       // Refused upstream: the request was counted, its tokens were not.
+      refused_bins_[bin_of(start)] += 1;
       Costs counted = Costs::zeros(provider_.dimensions());
       counted[0] = 1;
       if (permit && feedback_) feed_complete(*permit, counted, a);
@@ -214,7 +219,7 @@ class Client {
     out.wait = sim_.now() - r.arrival;  // gave up after kMaxAttempts refusals
   }
 
-  std::vector<double> bins_;
+  std::vector<double> bins_, refused_bins_;
  private:
   using Set = tollgate::LimitSet<ManualClock>;
   using Feedback = tollgate::UpstreamFeedback<ManualClock>;
@@ -225,7 +230,8 @@ class Client {
     // learned p95 where it charges as produced; settled at the real output.
     return Costs{1, c.prompt - c.cached, profile_.reserved ? c.max_tokens : outputs_.estimate("model", c.max_tokens)};
   }
-  void bin(double t, double v) { bins_[std::min(bins_.size() - 1, static_cast<std::size_t>(t / 10))] += v; }
+  std::size_t bin_of(double t) const { return std::min(bins_.size() - 1, static_cast<std::size_t>(t / 10)); }
+  void bin(double t, double v) { bins_[bin_of(t)] += v; }
 
   auto header_fn(const Answer& a) {
     return [&a](std::string_view name) -> std::optional<std::string_view> {
@@ -302,32 +308,90 @@ Result simulate(const ProviderProfile& profile, const Scenario& sc, Strategy st,
   }
   r.jain = sq > 0 ? sum * sum / ((kKeys - 1) * sq) : 0;
   r.admitted_per_bin = client.bins_;
+  r.refused_per_bin = client.refused_bins_;
+  r.allowed_per_second = provider.allowed(b, duration) / duration;
   return r;
 }
 
+// Charts (SVG, no dependency): what the binding dimension counted upstream
+// per second and the upstream 429s, per 10 s, for each strategy; and each
+// key's share of the tiered workload against its fair allocation.
+const char* const kColors[] = {"#d62728", "#ff7f0e", "#1f77b4", "#2ca02c"};
+
 void write_svg(const std::string& path, const std::vector<Result>& results, double duration) {
   std::ofstream f(path);
-  const double w = 900, h = 260;
-  const char* colors[] = {"#d62728", "#ff7f0e", "#1f77b4", "#2ca02c"};
+  const double w = 980, h = 230, pw = 440;  // two panels per row
   std::map<std::string, std::vector<const Result*>> by_scenario;
   for (const Result& r : results) by_scenario[r.profile + " / " + r.scenario].push_back(&r);
-  f << "<svg xmlns='http://www.w3.org/2000/svg' width='" << w << "' height='" << h * double(by_scenario.size())
-    << "' font-family='sans-serif' font-size='12'>\n";
-  double y0 = 0;
+  f << "<svg xmlns='http://www.w3.org/2000/svg' width='" << w << "' height='" << h * double(by_scenario.size()) + 30
+    << "' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n";
+  for (std::size_t s = 0; s < 3; ++s)
+    f << "<text x='" << 40 + 160 * double(s) << "' y='18' fill='" << kColors[s] << "'>"
+      << (s == 0 ? "none" : s == 1 ? "tollgate_static" : "tollgate_adaptive") << "</text>\n";
+  double y0 = 30;
   for (const auto& [name, rs] : by_scenario) {
-    double peak = 1;
+    // The last bin gathers what completes after the run: not drawn.
+    const std::size_t n = rs.front()->admitted_per_bin.size() - 1;
+    double peak = rs.front()->allowed_per_second * 1.2, peak429 = 1;
     for (const Result* r : rs)
-      for (double v : r->admitted_per_bin) peak = std::max(peak, v / 10);
-    f << "<text x='10' y='" << y0 + 16 << "'>" << name << ": the binding dimension's units counted upstream per second (10 s bins) over "
-      << duration << " s</text>\n";
-    for (std::size_t s = 0; s < rs.size(); ++s) {
-      f << "<polyline fill='none' stroke='" << colors[s % 4] << "' points='";
-      for (std::size_t i = 0; i < rs[s]->admitted_per_bin.size(); ++i)
-        f << 40 + (w - 60) * double(i) / double(rs[s]->admitted_per_bin.size()) << ","
-          << y0 + h - 20 - (h - 50) * rs[s]->admitted_per_bin[i] / 10 / peak << " ";
-      f << "'/>\n<text x='" << w - 170 << "' y='" << y0 + 34 + 14 * double(s) << "' fill='" << colors[s % 4] << "'>"
-        << rs[s]->strategy << "</text>\n";
+      for (std::size_t i = 0; i < n; ++i) {
+        peak = std::max(peak, r->admitted_per_bin[i] / 10);
+        peak429 = std::max(peak429, r->refused_per_bin[i]);
+      }
+    const double top = y0 + 40, bottom = y0 + h - 25;
+    auto x_at = [&](double x0, std::size_t i) { return x0 + pw * double(i) / double(n - 1); };
+    auto y_at = [&](double v, double max) { return bottom - (bottom - top) * v / max; };
+    f << "<text x='40' y='" << y0 + 16 << "' font-weight='bold'>" << name << "</text>\n";
+    f << "<text x='40' y='" << y0 + 32 << "'>" << rs.front()->binding
+      << " counted upstream per second (dashed: allowed)</text>\n";
+    f << "<text x='" << 60 + pw << "' y='" << y0 + 32 << "'>upstream 429s per 10 s (top: " << peak429 << ")</text>\n";
+    for (double x0 : {40.0, 60 + pw}) {
+      f << "<line x1='" << x0 << "' y1='" << bottom << "' x2='" << x0 + pw << "' y2='" << bottom << "' stroke='#888'/>\n";
+      f << "<text x='" << x0 + pw - 40 << "' y='" << bottom + 14 << "' fill='#555'>" << duration << " s</text>\n";
     }
+    f << "<line stroke-dasharray='4 3' stroke='#555' x1='40' x2='" << 40 + pw << "' y1='"
+      << y_at(rs.front()->allowed_per_second, peak) << "' y2='" << y_at(rs.front()->allowed_per_second, peak) << "'/>\n";
+    for (std::size_t s = 0; s < rs.size(); ++s) {
+      const char* color = kColors[s % 4];
+      f << "<polyline fill='none' stroke='" << color << "' points='";
+      for (std::size_t i = 0; i < n; ++i) f << x_at(40, i) << "," << y_at(rs[s]->admitted_per_bin[i] / 10, peak) << " ";
+      f << "'/>\n<polyline fill='none' stroke='" << color << "' points='";
+      for (std::size_t i = 0; i < n; ++i) f << x_at(60 + pw, i) << "," << y_at(rs[s]->refused_per_bin[i], peak429) << " ";
+      f << "'/>\n";
+    }
+    y0 += h;
+  }
+  f << "</svg>\n";
+}
+
+void write_shares_svg(const std::string& path, const std::vector<TieredResult>& runs) {
+  std::ofstream f(path);
+  const double w = 980, h = 250, bar_area = 900;
+  const char* tier_colors[] = {"#1f77b4", "#ff7f0e", "#2ca02c"};
+  const char* tier_names[] = {"free (weight 1)", "pro (weight 2)", "enterprise (weight 4)"};
+  f << "<svg xmlns='http://www.w3.org/2000/svg' width='" << w << "' height='" << h * double(runs.size()) + 30
+    << "' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n";
+  for (int t = 0; t < 3; ++t)
+    f << "<rect x='" << 40 + 200 * t << "' y='8' width='12' height='12' fill='" << tier_colors[t] << "'/><text x='"
+      << 56 + 200 * t << "' y='18'>" << tier_names[t] << "</text>\n";
+  double y0 = 30;
+  for (const TieredResult& r : runs) {
+    const std::size_t n = r.key_served.size();
+    const double top = y0 + 40, bottom = y0 + h - 25, max_ratio = 2;
+    auto y_at = [&](double v) { return bottom - (bottom - top) * std::min(v, max_ratio) / max_ratio; };
+    f << "<text x='40' y='" << y0 + 16 << "' font-weight='bold'>" << r.strategy
+      << ": each key's output tokens served / its weighted max-min fair allocation (1 = fair; heavy key first)</text>\n";
+    f << "<text x='40' y='" << y0 + 32 << "'>fair_jain " << r.fair_jain << ", min ratio " << r.min_fair_ratio
+      << ", utilization " << r.utilization << "</text>\n";
+    const double bw = bar_area / double(n);
+    for (std::size_t k = 0; k < n; ++k) {
+      const double ratio = r.key_fair[k] > 0 ? r.key_served[k] / r.key_fair[k] : 1;
+      f << "<rect x='" << 40 + bw * double(k) + 1 << "' y='" << y_at(ratio) << "' width='" << bw - 2 << "' height='"
+        << bottom - y_at(ratio) << "' fill='" << tier_colors[r.key_tier[k] % 3] << "'/>\n";
+    }
+    f << "<line stroke-dasharray='4 3' stroke='#333' x1='40' x2='" << 40 + bar_area << "' y1='" << y_at(1) << "' y2='"
+      << y_at(1) << "'/><text x='" << 44 + bar_area << "' y='" << y_at(1) + 4 << "'>1</text>\n";
+    f << "<line x1='40' x2='" << 40 + bar_area << "' y1='" << bottom << "' y2='" << bottom << "' stroke='#888'/>\n";
     y0 += h;
   }
   f << "</svg>\n";
@@ -352,7 +416,7 @@ const char* known_miss(const std::string& profile, const std::string& scenario) 
 int main(int argc, char** argv) {
   bool json = false, check = false;
   double duration = 600;
-  std::string svg, only_profile;
+  std::string svg, shares_svg, only_profile;
   std::uint64_t seed = 42;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -361,9 +425,11 @@ int main(int argc, char** argv) {
     else if (a == "--duration" && i + 1 < argc) duration = std::stod(argv[++i]);
     else if (a == "--seed" && i + 1 < argc) seed = std::stoull(argv[++i]);
     else if (a == "--svg" && i + 1 < argc) svg = argv[++i];
+    else if (a == "--shares-svg" && i + 1 < argc) shares_svg = argv[++i];
     else if (a == "--profile" && i + 1 < argc) only_profile = argv[++i];
     else {
-      std::fprintf(stderr, "usage: llm_sim [--json] [--check] [--duration seconds] [--seed n] [--svg file] [--profile name]\n");
+      std::fprintf(stderr, "usage: llm_sim [--json] [--check] [--duration seconds] [--seed n] [--svg file] [--shares-svg file] "
+                   "[--profile name]\n");
       return 2;
     }
   }
@@ -425,8 +491,9 @@ int main(int argc, char** argv) {
   if (!json)
     std::printf("\n%-16s %-18s %8s %8s %7s %9s %10s %10s %13s\n", "scenario", "strategy", "requests", "rate_429", "util",
                 "fair_jain", "min_ratio", "heavy", "light_p99_ms");
+  std::vector<TieredResult> tiered;
   for (tollgate::Sharing sharing : {tollgate::Sharing::fifo, tollgate::Sharing::weighted_fair}) {
-    const TieredResult t = simulate_tiered(sharing, duration, seed);
+    const TieredResult& t = tiered.emplace_back(simulate_tiered(sharing, duration, seed));
     if (json)
       std::printf("{\"profile\":\"anthropic_bucket\",\"scenario\":\"tiered\",\"strategy\":\"%s\",\"requests\":%zu,\"upstream_calls\":%llu,"
                   "\"upstream_429\":%llu,\"shed\":%zu,\"rate_429\":%.5f,\"utilization\":%.4f,\"fair_jain\":%.4f,"
@@ -446,5 +513,6 @@ int main(int argc, char** argv) {
     }
   }
   if (!svg.empty()) write_svg(svg, results, duration);
+  if (!shares_svg.empty()) write_shares_svg(shares_svg, tiered);
   return check && !ok ? 1 : 0;
 }

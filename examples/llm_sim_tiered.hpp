@@ -30,6 +30,10 @@ struct TieredResult {
   std::uint64_t upstream_calls = 0, upstream_429 = 0;
   double fair_jain = 0, min_fair_ratio = 0, utilization = 0, light_p99_wait_ms = 0, rate_429 = 0;
   double heavy_ratio = 0, light_min_ratio = 0;  // served / fair allocation
+  // Per key (for the chart): its tier, its output tokens served, and its
+  // weighted max-min fair allocation over the run.
+  std::vector<int> key_tier;
+  std::vector<double> key_served, key_fair;
 };
 
 class TieredProvider {
@@ -198,6 +202,9 @@ inline TieredResult simulate_tiered(tollgate::Sharing sharing, double duration, 
   res.min_fair_ratio = 1e300;
   res.light_min_ratio = 1e300;
   for (std::size_t k = 0; k < keys.size(); ++k) {
+    res.key_tier.push_back(keys[k].tier);
+    res.key_served.push_back(served[k]);
+    res.key_fair.push_back(fair[k]);
     const double x = fair[k] > 0 ? served[k] / fair[k] : 1;
     sum += x;
     sq += x * x;

@@ -95,7 +95,7 @@ TEMPLATE_TEST_CASE("acquire: never and invalid finish at once", "[acquire]", std
 
 TEMPLATE_TEST_CASE("acquire: FIFO, a large cost is not starved by small ones", "[acquire][fifo]", std::mutex,
                    tollgate::SpinMutex, tollgate::BiasedMutex, NullMutex) {
-  // The seed pattern never serves the cost-8 request after the initial burst.
+  // A polling bucket (the common asyncio pattern) never serves the cost-8 request after the initial burst.
   Drained<TestType> fixture(Limit{10, 2});
   [[maybe_unused]] auto& [clock, sched, bucket, log] = fixture;
   std::vector<Task> tasks;
