@@ -313,3 +313,41 @@ TEST_CASE("in flight: permits made, moved and settled on two threads leave nothi
   CHECK(set.in_flight(0) == 25);
   CHECK(set.in_flight(7) == 0);  // a dimension the set does not have
 }
+
+TEST_CASE("hold: a count for an earlier window than the one in effect is a late answer and changes nothing",
+          "[hold]") {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  Set set({{"tokens", Limit{1000, 1000}}}, clock, &sched);
+  set.limit_remaining(0, 400, 2s);  // the window in effect ends in 2 s
+  REQUIRE(set.available(0) == 400);
+  set.limit_remaining(0, 100, 1s);  // a window ending a second earlier: answered late
+  CHECK(set.available(0) == 400);   // neither lowered nor held there
+  CHECK(set.held_until(0) == clock.now() + 2s);
+  set.limit_remaining(0, 300, 3s);  // a later window replaces it
+  CHECK(set.available(0) == 300);
+  CHECK(set.held_until(0) == clock.now() + 3s);
+}
+
+TEST_CASE("feedback: an answer whose window is already over neither lowers nor ends the hold in effect",
+          "[hold][feedback]") {
+  ManualClock clock;
+  ManualScheduler sched(clock);
+  Set set({{"requests", Limit::per_minute(1000)}, {"input_tokens", Limit::per_minute(60'000)},
+           {"output_tokens", Limit::per_minute(12'000)}},
+          clock, &sched);
+  tollgate::UpstreamFeedback<ManualClock>::Options o;
+  o.bindings = tollgate::HeaderBindings::anthropic();
+  tollgate::UpstreamFeedback<ManualClock> fb(set, o);
+  // The window in effect: 50,000 input tokens left until 00:00:07.
+  fb.on_response(200, headers({{"anthropic-ratelimit-input-tokens-remaining", "50000"},
+                               {"anthropic-ratelimit-input-tokens-reset", "2026-01-01T00:00:07Z"}}));
+  REQUIRE(set.available(1) == 50000);
+  REQUIRE(set.held_until(1) == clock.now() + 7s);
+  // A call admitted in the window before, answered now: its count (1,000
+  // left) is of a window that ended at 23:59:59.
+  fb.on_response(200, headers({{"anthropic-ratelimit-input-tokens-remaining", "1000"},
+                               {"anthropic-ratelimit-input-tokens-reset", "2025-12-31T23:59:59Z"}}));
+  CHECK(set.available(1) == 50000);
+  CHECK(set.held_until(1) == clock.now() + 7s);
+}

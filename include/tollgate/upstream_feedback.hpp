@@ -278,7 +278,12 @@ class UpstreamFeedback {
           if (u.reset) {
             // Held until the reset unless the headers have shown a continuous bucket.
             const Refill r = learn_refill(d, now, *u.remaining, *u.reset, u.limit);
-            if (r != Refill::continuous) {
+            if (r != Refill::continuous && *u.reset <= std::chrono::nanoseconds(0)) {
+              // A window already over: the count of a call answered late (a
+              // newer answer may have reported the window in effect). It says
+              // nothing of the window in effect: neither lowers nor ends its hold.
+              remaining[i].reset();
+            } else if (r != Refill::continuous) {
               hold[i] = *u.reset;
             } else {
               // A bucket's level is what its reset says (limit - reset * rate),

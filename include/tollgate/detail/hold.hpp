@@ -85,10 +85,14 @@ class Holds {
   /// (ending at the same instant within the precision of a reset header: 1
   /// ms, or 1% of the time left) keeps the lower of it and what is left of
   /// the one before (grants since then may still be on their way to the
-  /// provider); a count for another window replaces it. An `until` not after
-  /// `now` ends dimension d's hold.
+  /// provider); a count for a later window replaces it; a count for an
+  /// earlier window than the one in effect is a stale answer (a call
+  /// admitted before the one that reported the window in effect, answered
+  /// after it) and changes nothing. An `until` not after `now` ends
+  /// dimension d's hold.
   void hold(fine_t now, std::size_t d, double remaining, fine_t until, fine_t window = 0) noexcept {
     const std::uint32_t bit = std::uint32_t{1} << d;
+    if (stale(now, d, until)) return;
     if (until <= now) {
       mask_ &= ~bit;
       return;
@@ -104,7 +108,7 @@ class Holds {
       const bool first = now < until_[d];
       const fine_t end = first ? until_[d] : next_until_[d];
       const fine_t gap = until > end ? until - end : end - until;
-      if (gap <= std::max<fine_t>(fine_from_ns(1'000'000), (end - now) / 100)) {
+      if (gap <= precision(now, end)) {
         spent = first ? spent_now_[d] : spent_next_[d];
         whole = first ? whole_[d] : true;
         const bool again = first && counted_[d];  // this window has been counted before
@@ -123,6 +127,16 @@ class Holds {
     budget_.next[d] = estimate_[d];
     spent_next_[d] = 0;
     mask_ |= bit;
+  }
+  /// Whether a count whose window ends at `until` describes an earlier
+  /// window than the one a count reported for dimension d's hold in effect
+  /// (ending before it, beyond the precision of a reset header): a stale
+  /// answer, which `hold` ignores and which must not lower the level either.
+  bool stale(fine_t now, std::size_t d, fine_t until) const noexcept {
+    // Only against a window a count reported: the next window a hold runs on
+    // into is projected from a learned length, and its first count takes over.
+    if (!(mask_ >> d & 1u) || until <= now || now >= until_[d] || !counted_[d]) return false;
+    return until < until_[d] && until_[d] - until > precision(now, until_[d]);
   }
   /// Moves to the next segment, or ends, every hold over by `now` (no grant
   /// can happen before `now` again).
@@ -155,6 +169,11 @@ class Holds {
   const Budgets& budgets() const noexcept { return budget_; }
 
  private:
+  // How close two reset instants must be to name the same window: 1 ms, or
+  // 1% of the time left until `end`.
+  static fine_t precision(fine_t now, fine_t end) noexcept {
+    return std::max<fine_t>(fine_from_ns(1'000'000), (end - now) / 100);
+  }
   // Doubles: a budget computed by subtractions may sit a rounding below a cost equal to it.
   static bool overruns(double cost, double budget) noexcept { return cost > budget + 1e-9 * std::max(1.0, budget); }
 
