@@ -420,9 +420,10 @@ class FairCore {
   }
   /// ... and holds it there until `until` (see Holds).
   void hold(fine_t now, std::size_t d, double remaining, fine_t until, fine_t window = 0) noexcept {
-    if (holds_.stale(grant_due(now), d, ceil_ns(until) * fine_per_ns)) return;  // an earlier window's count
+    now = grant_due(now);  // waiters due by now are granted under the holds in effect
+    if (!holds_.hold(now, d, remaining, ceil_ns(until) * fine_per_ns, ceil_ns(window) * fine_per_ns))
+      return;  // an earlier window's count: the level stays too
     limit_remaining(now, d, remaining);
-    holds_.hold(now, d, remaining, ceil_ns(until) * fine_per_ns, ceil_ns(window) * fine_per_ns);
   }
   std::optional<fine_t> held_until(fine_t now, std::size_t d) noexcept {
     now = grant_due(now);

@@ -88,14 +88,15 @@ class Holds {
   /// provider); a count for a later window replaces it; a count for an
   /// earlier window than the one in effect is a stale answer (a call
   /// admitted before the one that reported the window in effect, answered
-  /// after it) and changes nothing. An `until` not after `now` ends
+  /// after it) and changes nothing: then it returns false, and the caller
+  /// must not lower the level either. An `until` not after `now` ends
   /// dimension d's hold.
-  void hold(fine_t now, std::size_t d, double remaining, fine_t until, fine_t window = 0) noexcept {
+  [[nodiscard]] bool hold(fine_t now, std::size_t d, double remaining, fine_t until, fine_t window = 0) noexcept {
     const std::uint32_t bit = std::uint32_t{1} << d;
-    if (stale(now, d, until)) return;
+    if (stale(now, d, until)) return false;
     if (until <= now) {
       mask_ &= ~bit;
-      return;
+      return true;
     }
     double spent = 0;
     // What a window holds. Where the grants since the window's start are
@@ -127,16 +128,7 @@ class Holds {
     budget_.next[d] = estimate_[d];
     spent_next_[d] = 0;
     mask_ |= bit;
-  }
-  /// Whether a count whose window ends at `until` describes an earlier
-  /// window than the one a count reported for dimension d's hold in effect
-  /// (ending before it, beyond the precision of a reset header): a stale
-  /// answer, which `hold` ignores and which must not lower the level either.
-  bool stale(fine_t now, std::size_t d, fine_t until) const noexcept {
-    // Only against a window a count reported: the next window a hold runs on
-    // into is projected from a learned length, and its first count takes over.
-    if (!(mask_ >> d & 1u) || until <= now || now >= until_[d] || !counted_[d]) return false;
-    return until < until_[d] && until_[d] - until > precision(now, until_[d]);
+    return true;
   }
   /// Moves to the next segment, or ends, every hold over by `now` (no grant
   /// can happen before `now` again).
@@ -169,6 +161,15 @@ class Holds {
   const Budgets& budgets() const noexcept { return budget_; }
 
  private:
+  // Whether a count whose window ends at `until` describes an earlier window
+  // than the one a count reported for dimension d's hold in effect (ending
+  // before it, beyond the precision of a reset header). Only against a window
+  // a count reported: the next window a hold runs on into is projected from a
+  // learned length, and its first count takes over.
+  bool stale(fine_t now, std::size_t d, fine_t until) const noexcept {
+    if (!(mask_ >> d & 1u) || until <= now || now >= until_[d] || !counted_[d]) return false;
+    return until < until_[d] && until_[d] - until > precision(now, until_[d]);
+  }
   // How close two reset instants must be to name the same window: 1 ms, or
   // 1% of the time left until `end`.
   static fine_t precision(fine_t now, fine_t end) noexcept {

@@ -270,10 +270,10 @@ class SetCore {
   /// provider (`window` > 0), one more window at what a window holds.
   void hold(fine_t now, std::size_t d, double remaining, fine_t until, fine_t window = 0) noexcept {
     now = grant_due(now);
-    if (holds_.stale(now, d, ceil_ns(until) * fine_per_ns)) return;  // an earlier window's count
+    if (!holds_.hold(now, d, remaining, ceil_ns(until) * fine_per_ns, ceil_ns(window) * fine_per_ns))
+      return;  // an earlier window's count: the level stays too
     Dim& x = dims_[d];
     x.start = x.step.lowered(x.start, now, remaining);
-    holds_.hold(now, d, remaining, ceil_ns(until) * fine_per_ns, ceil_ns(window) * fine_per_ns);
     changed(now, true);
   }
   /// The instant dimension d's hold ends, if one holds it at `now`.
